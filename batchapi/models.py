@@ -1,0 +1,394 @@
+"""The Batch API wire format: the one place it is written down.
+
+Both the client and the emulator import these models, so a request line, a Batch object and
+an output line are defined exactly once. The reference is revision B of the batch docs
+(OpenAI-shaped); the models also *read* revision A (see `Batch`) because the live service's
+revision is unverified.
+
+Choices made where the public docs are silent ([GAP] in the spec) are marked `GAP:` below.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+CHAT_COMPLETIONS_URL = "/v1/chat/completions"
+MODELS: tuple[str, ...] = ("extract", "summarize", "classify")
+
+# GAP: the batch docs give 20048 as the summarize default, a newer realtime page gives 2048.
+# Batch items are documented as 20048, so that is what an absent `max_tokens` means here.
+SUMMARIZE_DEFAULT_MAX_TOKENS = 20048
+
+# About four characters per token: the unit the emulator uses for `usage` and `max_tokens`.
+CHARS_PER_TOKEN = 4
+
+
+def approx_tokens(text: str) -> int:
+    return max(1, (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN) if text else 0
+
+
+class BatchLimits(BaseModel):
+    """Provider limits, as data. Revision B documents 50 lines per batch.
+
+    GAP: no byte limit is documented; 10 MB per request body is our conservative choice.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    max_lines: int = Field(default=50, ge=1)
+    max_bytes: int = Field(default=10_000_000, ge=1_000)
+
+
+# --------------------------------------------------------------------------- request lines
+
+
+class _Body(BaseModel):
+    # GAP: realtime-only extras (threshold, top_n, ...) are not documented for batch items;
+    # unknown fields are ignored rather than rejected.
+    model_config = ConfigDict(extra="ignore")
+
+    text: str = Field(min_length=1, description="The document text.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_documents(cls, data: Any) -> Any:
+        # The docs say `document`/`document_mime_type` are not supported in batch items.
+        # GAP: what happens when sent anyway; we reject the line with a clear message.
+        if isinstance(data, dict) and ("document" in data or "document_mime_type" in data):
+            raise ValueError(
+                "`document` is not supported in batch items; send the plain `text` instead"
+            )
+        return data
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("text must not be blank")
+        return value
+
+
+class ExtractBody(_Body):
+    model: Literal["extract"] = "extract"
+    entities: dict[str, str] = Field(
+        min_length=1, description="Label -> plain-English description; labels become `type`."
+    )
+    instruction: str | None = Field(default=None, description="Extra guidance (singular name).")
+
+
+class SummarizeBody(_Body):
+    model: Literal["summarize"] = "summarize"
+    instructions: str | None = Field(default=None, description="Extra rules (plural name).")
+    max_tokens: int = Field(default=SUMMARIZE_DEFAULT_MAX_TOKENS, ge=1)
+
+
+class Label(BaseModel):
+    name: str = Field(min_length=1)
+    rubric: str = Field(default="", description="A yes/no question meaning 'label applies'.")
+
+
+class ClassifyBody(_Body):
+    model: Literal["classify"] = "classify"
+    labels: list[Label] = Field(min_length=1)
+    system_prompt: str | None = None
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_label_names(cls, labels: list[Label]) -> list[Label]:
+        names = [label.name for label in labels]
+        if len(set(names)) != len(names):
+            raise ValueError(f"label names must be unique, got {names}")
+        return labels
+
+
+RequestBody = Annotated[ExtractBody | SummarizeBody | ClassifyBody, Field(discriminator="model")]
+BODY_ADAPTER: TypeAdapter[ExtractBody | SummarizeBody | ClassifyBody] = TypeAdapter(
+    RequestBody
+)
+
+
+class RequestLine(BaseModel):
+    """One line of a batch submission (spec §1.1)."""
+
+    # GAP: no custom_id length is documented; 64 characters is our bound, as OpenAI's.
+    custom_id: str = Field(min_length=1, max_length=64)
+    method: Literal["POST"] = "POST"
+    url: Literal["/v1/chat/completions"] = CHAT_COMPLETIONS_URL
+    body: RequestBody
+
+    def to_json(self) -> str:
+        return self.model_dump_json(exclude_none=True)
+
+
+# --------------------------------------------------------------------------- batch object
+
+
+class BatchStatus(StrEnum):
+    VALIDATING = "validating"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (BatchStatus.COMPLETED, BatchStatus.FAILED)
+
+
+# Revision A's vocabulary, read as revision B.
+_REVISION_A_STATUS = {"queued": "validating", "processing": "in_progress"}
+
+
+class RequestCounts(BaseModel):
+    # GAP: OpenAI semantics: `completed` counts succeeded lines only, `failed` the failed ones.
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+class Batch(BaseModel):
+    """The Batch object of revision B (spec §2); revision A responses are normalised into it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    object: Literal["batch"] = "batch"
+    endpoint: str = CHAT_COMPLETIONS_URL
+    input_file_id: str | None = None
+    completion_window: str = "24h"
+    status: BatchStatus
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    created_at: int = 0
+    request_counts: RequestCounts = Field(default_factory=RequestCounts)
+    metadata: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_revision_a(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "id" not in data and "batch_id" in data:
+            data["id"] = data.pop("batch_id")
+        status = data.get("status")
+        if isinstance(status, str):
+            data["status"] = _REVISION_A_STATUS.get(status, status)
+        if "request_counts" not in data and "total_count" in data:
+            data["request_counts"] = {
+                "total": data.get("total_count") or 0,
+                "completed": data.get("completed_count") or 0,
+                "failed": data.get("failed_count") or 0,
+            }
+        return data
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+
+# --------------------------------------------------------------------------- domain results
+
+
+class Entity(BaseModel):
+    """An extracted entity. Also reads the batch page's older `value`/`score` names."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    text: str
+    type: str
+    confidence: float = Field(ge=0.0, le=1.0)
+    start: int | None = Field(default=None, ge=0)
+    end: int | None = Field(default=None, ge=0)
+    context: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_old_names(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            if "text" not in data and "value" in data:
+                data["text"] = data.pop("value")
+            if "confidence" not in data and "score" in data:
+                data["confidence"] = data.pop("score")
+        return data
+
+
+class ExtractResult(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    entities: list[Entity]
+    structured_result: dict[str, Any] | None = None
+
+
+class SummarizeResult(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    summary: str
+    input_chars: int = Field(ge=0)
+    output_chars: int = Field(ge=0)
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+    rubric: str = ""
+
+
+class ClassifyResult(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    top_label: str
+    scores: dict[str, float]
+    reasoning: str | None = None
+    labels: list[LabelScore] | None = None
+
+
+DomainResult = ExtractResult | SummarizeResult | ClassifyResult
+RESULT_MODELS: dict[str, type[BaseModel]] = {
+    "extract": ExtractResult,
+    "summarize": SummarizeResult,
+    "classify": ClassifyResult,
+}
+
+
+# --------------------------------------------------------------------------- output lines
+
+
+class Message(BaseModel):
+    role: str = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: Message
+    finish_reason: str | None = "stop"
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ChatCompletion(BaseModel):
+    """`response.body` of an output line. Only `model` and `choices` are required: the docs'
+    own samples omit the rest (spec §3.2)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = None
+    object: str = "chat.completion"
+    created: int | None = None
+    model: str
+    choices: list[Choice] = Field(min_length=1)
+    usage: Usage | None = None
+
+
+class LineResponse(BaseModel):
+    status_code: int = 200
+    body: ChatCompletion
+
+
+class LineErrorCode(StrEnum):
+    """GAP: the docs type a per-line error as `{code, message}` without a vocabulary. Ours:"""
+
+    INVALID_REQUEST = "invalid_request"  # the line itself is wrong; retrying cannot help
+    SERVER_ERROR = "server_error"  # the backend failed on this line; a retry may succeed
+    RATE_LIMITED = "rate_limited"  # the backend shed this line; a retry may succeed
+
+    @property
+    def retryable(self) -> bool:
+        return self is not LineErrorCode.INVALID_REQUEST
+
+
+class LineError(BaseModel):
+    code: str
+    message: str
+
+    @property
+    def retryable(self) -> bool:
+        try:
+            return LineErrorCode(self.code).retryable
+        except ValueError:
+            return False
+
+
+class DecodeError(ValueError):
+    """An output line whose content is not a valid domain result."""
+
+
+class OutputLine(BaseModel):
+    """One line of `GET /v1/batches/{id}/output` (spec §3.1)."""
+
+    custom_id: str
+    response: LineResponse | None = None
+    error: LineError | None = None
+
+    @model_validator(mode="after")
+    def _one_of_response_or_error(self) -> OutputLine:
+        if self.response is None and self.error is None:
+            raise ValueError("an output line needs a response or an error")
+        return self
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.response is not None
+
+    def decode(self, model: str | None = None) -> DomainResult:
+        """Parse `choices[0].message.content` into the domain result of its model.
+
+        `model` is what the caller asked for; it wins over the echoed `body.model`.
+        Raises DecodeError when the content is not JSON or does not fit the model.
+        """
+        if self.response is None:
+            raise DecodeError(f"line {self.custom_id!r} has no response")
+        name = model or self.response.body.model
+        result_model = RESULT_MODELS.get(name)
+        if result_model is None:
+            raise DecodeError(f"line {self.custom_id!r}: unknown model {name!r}")
+        content = self.response.body.choices[0].message.content
+        try:
+            return result_model.model_validate_json(content)  # type: ignore[return-value]
+        except ValueError as exc:
+            raise DecodeError(
+                f"line {self.custom_id!r}: content is not a valid {name} result: {exc}"
+            ) from exc
+
+
+# --------------------------------------------------------------------------- JSONL helpers
+
+
+def encode_jsonl(lines: Iterable[RequestLine]) -> bytes:
+    return "".join(line.to_json() + "\n" for line in lines).encode("utf-8")
+
+
+def iter_jsonl(payload: bytes | str) -> Iterator[dict[str, Any]]:
+    """Yield the JSON objects of a JSONL payload, skipping blank lines and CRs (GAP: our rule)."""
+    text = payload.decode("utf-8") if isinstance(payload, bytes) else payload
+    stripped = text.strip()
+    if stripped.startswith("{") and "\n" in stripped:
+        # A single (possibly pretty-printed) JSON object is a one-item batch (spec §1).
+        try:
+            whole = json.loads(stripped)
+        except json.JSONDecodeError:
+            whole = None
+        if isinstance(whole, dict):
+            yield whole
+            return
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"line {number} is not valid JSON: {exc.msg}") from exc
+        if not isinstance(item, dict):
+            raise ValueError(f"line {number} is not a JSON object")
+        yield item
