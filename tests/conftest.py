@@ -7,7 +7,7 @@ import tempfile
 
 # Set before Prefect is imported anywhere: its settings are read at import time.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="batch-enrich-prefect-")
-os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
