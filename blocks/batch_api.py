@@ -1,0 +1,40 @@
+"""The `BatchApi` block: where the Batch API is, its key, and its limits (as data)."""
+
+from __future__ import annotations
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+from batchapi.models import BatchLimits
+
+
+class BatchApi(Block):
+    """Connection settings for a Batch API (the hosted service or an emulator)."""
+
+    _block_type_name = "Batch API"
+    _block_type_slug = "batch-api"
+    _description = (
+        "Base URL, API key and limits of a Batch API serving the extract, summarize and "
+        "classify models."
+    )
+
+    base_url: str = Field(
+        default="https://api.scaledown.xyz",
+        description="Base URL of the API, without /v1.",
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="Sent as the x-api-key header; never logged."
+    )
+    max_lines_per_batch: int = Field(
+        default=50, ge=1, description="Lines per batch (the API documents 50)."
+    )
+    max_bytes_per_batch: int = Field(
+        default=10_000_000, ge=1_000, description="Bytes per submitted batch body."
+    )
+    request_timeout_seconds: float = Field(default=30.0, gt=0, description="Per HTTP request.")
+    poll_interval_seconds: float = Field(
+        default=5.0, gt=0, description="Default wait between status polls."
+    )
+
+    def limits(self) -> BatchLimits:
+        return BatchLimits(max_lines=self.max_lines_per_batch, max_bytes=self.max_bytes_per_batch)

@@ -1,0 +1,83 @@
+"""Resolve the flow's `batch_api` parameter into something tasks can call.
+
+- "embedded": start the local emulator in this process for the run (heuristic results).
+- "http://..." or "https://...": that base URL, the key from the BATCH_API_KEY environment
+  variable.
+- anything else: the name of a saved `BatchApi` block document.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from pydantic import SecretStr
+
+from blocks.batch_api import BatchApi
+from tasks.batch import ApiSettings
+
+EMBEDDED = "embedded"
+API_KEY_ENV = "BATCH_API_KEY"
+
+
+class BackendError(ValueError):
+    """`batch_api` does not name a usable backend; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    api: ApiSettings
+    label: str  # provenance: "embedded-emulator (heuristic)" or the base URL
+    poll_interval_seconds: float
+    block: BatchApi | None = None
+
+
+def _settings(block: BatchApi, key: SecretStr | None) -> ApiSettings:
+    return ApiSettings(
+        base_url=block.base_url,
+        api_key=lambda: key.get_secret_value() if key is not None else None,
+        timeout_seconds=block.request_timeout_seconds,
+        max_lines=block.max_lines_per_batch,
+        max_bytes=block.max_bytes_per_batch,
+    )
+
+
+def load_block(name: str) -> BatchApi:
+    try:
+        return BatchApi.load(name)
+    except ValueError as exc:
+        raise BackendError(
+            f"batch_api={name!r} is not 'embedded', not an http(s):// URL, and no BatchApi "
+            f"block document of that name could be loaded ({exc}). Create one in the Prefect "
+            "UI (Blocks > Batch API) or with `python -m blocks.register`."
+        ) from None
+
+
+@contextmanager
+def resolve_backend(batch_api: str) -> Iterator[Backend]:
+    if batch_api == EMBEDDED:
+        from batchapi.emulator.runner import running_emulator
+
+        key = SecretStr(secrets.token_urlsafe(24))
+        with running_emulator(api_key=key.get_secret_value()) as emulator:
+            block = BatchApi(
+                base_url=emulator.base_url,
+                api_key=key,
+                max_lines_per_batch=emulator.config.max_lines,
+                max_bytes_per_batch=emulator.config.max_bytes,
+                poll_interval_seconds=0.5,
+            )
+            yield Backend(_settings(block, key), "embedded-emulator (heuristic engine)", 0.5, block)
+        return
+    if batch_api.startswith(("http://", "https://")):
+        raw = os.environ.get(API_KEY_ENV)
+        block = BatchApi(base_url=batch_api.rstrip("/"), api_key=SecretStr(raw) if raw else None)
+        yield Backend(_settings(block, block.api_key), block.base_url, 5.0, block)
+        return
+    block = load_block(batch_api)
+    yield Backend(
+        _settings(block, block.api_key), block.base_url, block.poll_interval_seconds, block
+    )

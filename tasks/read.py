@@ -1,0 +1,285 @@
+"""Read documents: Parquet (file, folder or glob; local or `s3://`) or a prefix of text objects.
+
+Everything is streamed in record batches: the source is never loaded whole. `validate_source`
+makes one pass over the id column only, so bad input is refused before anything is paid for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.storage import StorageSettings, filesystem
+
+TEXT_SUFFIXES = (".txt", ".md", ".json")
+# Per-row problems found while reading (e.g. an object that is not UTF-8). The merge turns
+# it into each enrichment's error; it never reaches the output dataset.
+READ_ERROR_COLUMN = "__read_error"
+_SCAN_BATCH_ROWS = 8_192
+
+
+class SourceError(ValueError):
+    """The source cannot be enriched as given; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A resolved source: which files, of which kind, and the columns to use."""
+
+    url: str
+    kind: str  # "parquet" or "text"
+    paths: tuple[str, ...]
+    id_column: str
+    text_column: str
+    settings: StorageSettings | None = field(default=None, repr=False)
+    columns: tuple[str, ...] = ()
+    num_rows: int = 0
+
+    @property
+    def filesystem(self):
+        return filesystem(self.url, self.settings)[0]
+
+
+def _has_glob(path: str) -> bool:
+    return any(char in path for char in "*?[")
+
+
+def _visible(path: str, root: str) -> bool:
+    """pyarrow's discovery rule: skip any path part starting with '_' or '.'."""
+    relative = posixpath.relpath(path, root) if path != root else posixpath.basename(path)
+    return not any(part.startswith(("_", ".")) for part in relative.split("/"))
+
+
+def resolve_source(
+    url: str,
+    id_column: str = "id",
+    text_column: str = "text",
+    settings: StorageSettings | None = None,
+) -> Source:
+    """Find the files behind `url` and decide whether they are Parquet or text objects."""
+    fs, path = filesystem(url, settings)
+    try:
+        if _has_glob(path):
+            files = sorted(p for p in fs.glob(path) if fs.isfile(p))
+            root = path.split("*")[0].rsplit("/", 1)[0]
+        elif fs.isdir(path):
+            files = sorted(fs.find(path))
+            root = path
+        elif fs.isfile(path):
+            files, root = [path], posixpath.dirname(path)
+        else:
+            raise SourceError(
+                f"source {url!r} does not exist: give a Parquet file, folder or glob, "
+                "or an s3://bucket/prefix/ of .txt/.md/.json objects"
+            )
+    except PermissionError as exc:
+        raise SourceError(
+            f"source {url!r} cannot be listed: {exc}; check the credentials"
+        ) from None
+    files = [f for f in files if _visible(f, root)]
+    parquet = [f for f in files if f.endswith((".parquet", ".parq", ".pq"))]
+    texts = [f for f in files if f.endswith(TEXT_SUFFIXES)]
+    if parquet:
+        return Source(url, "parquet", tuple(parquet), id_column, text_column, settings)
+    if texts:
+        return Source(url, "text", tuple(texts), id_column, text_column, settings)
+    raise SourceError(
+        f"source {url!r} is empty: it holds no Parquet files and no .txt/.md/.json objects"
+    )
+
+
+def _parquet_dataset(source: Source) -> ds.Dataset:
+    return ds.dataset(list(source.paths), format="parquet", filesystem=source.filesystem)
+
+
+def _object_id(source: Source, path: str) -> str:
+    # id = object key (for S3 the key without the bucket; locally the path under the source).
+    if source.url.startswith(("s3://", "s3a://")):
+        return path.split("/", 1)[1] if "/" in path else path
+    return path
+
+
+def _decode_text_object(source: Source, path: str, data: bytes) -> tuple[str | None, str | None]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, (
+            f"object {_object_id(source, path)!r} is not valid UTF-8 "
+            f"(byte 0x{data[exc.start]:02x} at offset {exc.start}); re-encode it as UTF-8"
+        )
+    if path.endswith(".json"):
+        # A JSON object with the text column is read as that field; anything else as raw text.
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError:
+            return text, None
+        if isinstance(parsed, dict) and isinstance(parsed.get(source.text_column), str):
+            return parsed[source.text_column], None
+    return text, None
+
+
+def _text_batches(source: Source, columns: list[str] | None) -> Iterator[pa.RecordBatch]:
+    fs = source.filesystem
+    for start in range(0, len(source.paths), 256):
+        chunk = source.paths[start : start + 256]
+        ids = [_object_id(source, p) for p in chunk]
+        if columns == [source.id_column]:
+            yield pa.record_batch({source.id_column: pa.array(ids, pa.string())})
+            continue
+        contents = fs.cat(list(chunk))
+        texts, errors = [], []
+        for path in chunk:
+            text, error = _decode_text_object(source, path, contents[path])
+            texts.append(text)
+            errors.append(error)
+        yield pa.record_batch(
+            {
+                source.id_column: pa.array(ids, pa.string()),
+                source.text_column: pa.array(texts, pa.string()),
+                READ_ERROR_COLUMN: pa.array(errors, pa.string()),
+            }
+        )
+
+
+def iter_record_batches(
+    source: Source, columns: list[str] | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Stream the source in its stable order (files sorted by path, rows in file order)."""
+    if source.kind == "text":
+        yield from _text_batches(source, columns)
+        return
+    dataset = _parquet_dataset(source)
+    for fragment in dataset.get_fragments():
+        yield from fragment.to_batches(columns=columns, batch_size=_SCAN_BATCH_ROWS)
+
+
+def iter_groups(source: Source, group_size: int) -> Iterator[pa.Table]:
+    """Consecutive tables of exactly `group_size` rows (the last may be shorter)."""
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    for batch in iter_record_batches(source):
+        pending.append(batch)
+        pending_rows += batch.num_rows
+        while pending_rows >= group_size:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, group_size).combine_chunks()
+            rest = table.slice(group_size)
+            pending, pending_rows = rest.to_batches(), rest.num_rows
+    if pending_rows:
+        yield pa.Table.from_batches(pending).combine_chunks()
+
+
+def _schema(source: Source) -> pa.Schema:
+    if source.kind == "text":
+        return pa.schema([(source.id_column, pa.string()), (source.text_column, pa.string())])
+    try:
+        return _parquet_dataset(source).schema
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SourceError(f"source {source.url!r} is not readable Parquet: {exc}") from None
+
+
+def _check_columns(source: Source, schema: pa.Schema) -> None:
+    missing = [c for c in (source.id_column, source.text_column) if c not in schema.names]
+    if missing:
+        raise SourceError(
+            f"source {source.url!r} has no column {', '.join(map(repr, missing))}; "
+            f"its columns are {schema.names}. Set id_column/text_column to the right names."
+        )
+    text_type = schema.field(source.text_column).type
+    if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
+        raise SourceError(
+            f"text column {source.text_column!r} has type {text_type}, not string; "
+            "cast it to string or choose another text_column"
+        )
+
+
+def _id_hashes(batch: pa.RecordBatch | pa.Table, column: str) -> tuple[np.ndarray, int]:
+    ids = batch.column(column)
+    nulls = ids.null_count
+    as_text = pc.cast(ids, pa.string()).to_pylist()
+    hashes = np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little")
+            for v in as_text
+            if v is not None
+        ),
+        dtype=np.uint64,
+    )
+    return hashes, nulls
+
+
+def _find_duplicate_ids(source: Source, suspects: np.ndarray, limit: int = 5) -> list[str]:
+    suspect_set = set(suspects.tolist())
+    seen: dict[str, int] = {}
+    for batch in iter_record_batches(source, [source.id_column]):
+        hashes, _ = _id_hashes(batch, source.id_column)
+        values = [v for v in pc.cast(batch.column(0), pa.string()).to_pylist() if v is not None]
+        for value, digest in zip(values, hashes.tolist(), strict=True):
+            if digest in suspect_set:
+                seen[value] = seen.get(value, 0) + 1
+    return [f"{value!r} x{count}" for value, count in seen.items() if count > 1][:limit]
+
+
+@task(name="validate-source", cache_policy=NO_CACHE)
+def validate_source(
+    url: str,
+    id_column: str = "id",
+    text_column: str = "text",
+    reserved_columns: list[str] | None = None,
+    settings: StorageSettings | None = None,
+) -> Source:
+    """Check the source before anything is submitted; returns it resolved, with its row count.
+
+    Checks: it exists and is not empty, the id and text columns exist, ids are non-null and
+    unique, and no source column collides with a column the enrichments will add.
+    """
+    source = resolve_source(url, id_column, text_column, settings)
+    schema = _schema(source)
+    _check_columns(source, schema)
+    clashes = sorted(set(reserved_columns or ()) & set(schema.names))
+    if clashes:
+        raise SourceError(
+            f"source columns {clashes} would be overwritten by enrichment outputs; "
+            "rename the enrichments"
+        )
+    parts: list[np.ndarray] = []
+    nulls = 0
+    for batch in iter_record_batches(source, [id_column]):
+        hashes, batch_nulls = _id_hashes(batch, id_column)
+        parts.append(hashes)
+        nulls += batch_nulls
+    num_rows = sum(len(p) for p in parts) + nulls
+    if num_rows == 0:
+        raise SourceError(f"source {url!r} is empty: it has no rows to enrich")
+    if nulls:
+        raise SourceError(
+            f"id column {id_column!r} has {nulls} null value(s); every document needs an id"
+        )
+    hashes = np.sort(np.concatenate(parts))
+    repeated = hashes[1:][hashes[1:] == hashes[:-1]]
+    if repeated.size:
+        examples = _find_duplicate_ids(source, np.unique(repeated))
+        raise SourceError(
+            f"id column {id_column!r} is not unique: {repeated.size} repeated value(s), e.g. "
+            f"{', '.join(examples)}. Deduplicate the source or choose a unique id_column."
+        )
+    return Source(
+        url=source.url,
+        kind=source.kind,
+        paths=source.paths,
+        id_column=id_column,
+        text_column=text_column,
+        settings=settings,
+        columns=tuple(schema.names),
+        num_rows=num_rows,
+    )

@@ -1,0 +1,173 @@
+"""Turn a group of documents into request lines, then into shards (one batch each).
+
+A `custom_id` is content-addressed: the enrichment name plus a digest of (document id,
+enrichment spec, text). The same document, spec and text always give the same id, so a rerun
+finds the batches and results it already paid for; a changed text or spec gives a new id.
+Shard ids are digests of their custom ids and attempt number, so a resumed run rebuilds the
+very same shards and reattaches to their batches instead of submitting them again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from batchapi.models import CHAT_COMPLETIONS_URL, BatchLimits
+from tasks.read import READ_ERROR_COLUMN
+from tasks.spec import Enrichment
+from tasks.state import RunState, digest
+
+# Errors that are the document's, not the API's: recorded without sending anything.
+EMPTY_TEXT_ERROR = "text is empty or null; nothing was sent (fill the text column to enrich it)"
+SKIPPED_CODE = "skipped"
+
+
+def custom_id_for(doc_id: str, enrichment: Enrichment, text: str) -> str:
+    """At most 64 characters: up to 24 of the enrichment name, a dash, 32 hex digits."""
+    return f"{enrichment.name[:24]}-{digest(doc_id, enrichment.spec_hash(), text)}"
+
+
+@dataclass
+class Shard:
+    shard_id: str
+    group: int
+    attempt: int
+    custom_ids: list[str]
+    nbytes: int
+
+
+@dataclass
+class GroupLines:
+    """Every (document, enrichment) pair of a group, and what is known about each already."""
+
+    index: int
+    key: str
+    lines: pa.Table  # custom_id, row, enrichment: one row per (document, enrichment)
+    requests: dict[str, str] = field(repr=False)  # custom_id -> JSON request line to send
+    known: dict[str, dict[str, Any]] = field(repr=False)  # custom_id -> result row
+    carried_over: Counter[str] = field(default_factory=Counter)  # enrichment -> lines
+
+    def enrichment_of(self, custom_id: str) -> str:
+        if not hasattr(self, "_enrichment_of"):
+            ids = self.lines.column("custom_id").to_pylist()
+            names = self.lines.column("enrichment").to_pylist()
+            self._enrichment_of = dict(zip(ids, names, strict=True))
+        return self._enrichment_of[custom_id]
+
+    @property
+    def size(self) -> int:
+        return self.lines.num_rows
+
+
+def build_group_lines(
+    group: pa.Table,
+    index: int,
+    enrichments: list[Enrichment],
+    id_column: str,
+    text_column: str,
+) -> GroupLines:
+    """One request line per (document, enrichment); empty text and read errors are not sent."""
+    ids = group.column(id_column).cast(pa.string()).to_pylist()
+    texts = group.column(text_column).to_pylist()
+    read_errors = (
+        group.column(READ_ERROR_COLUMN).to_pylist()
+        if READ_ERROR_COLUMN in group.column_names
+        else [None] * len(ids)
+    )
+    templates = [
+        (e, e.request_body("-").model_dump(mode="json", exclude_none=True)) for e in enrichments
+    ]
+    custom_ids: list[str] = []
+    rows: list[int] = []
+    names: list[str] = []
+    requests: dict[str, str] = {}
+    known: dict[str, dict[str, Any]] = {}
+    for row, (doc_id, text, read_error) in enumerate(zip(ids, texts, read_errors, strict=True)):
+        for enrichment, template in templates:
+            custom_id = custom_id_for(doc_id, enrichment, text or "")
+            custom_ids.append(custom_id)
+            rows.append(row)
+            names.append(enrichment.name)
+            error = read_error or (EMPTY_TEXT_ERROR if not (text and text.strip()) else None)
+            if error:
+                known[custom_id] = {
+                    "custom_id": custom_id,
+                    "result": None,
+                    "error": error,
+                    "error_code": SKIPPED_CODE,
+                    "attempts": 0,
+                }
+                continue
+            requests[custom_id] = json.dumps(
+                {
+                    "custom_id": custom_id,
+                    "method": "POST",
+                    "url": CHAT_COMPLETIONS_URL,
+                    "body": {**template, "text": text},
+                },
+                ensure_ascii=False,
+                separators=(",", ":"),
+            )
+    lines = pa.table(
+        {
+            "custom_id": pa.array(custom_ids, pa.string()),
+            "row": pa.array(rows, pa.int32()),
+            "enrichment": pa.array(names, pa.string()),
+        }
+    )
+    return GroupLines(index, digest(*custom_ids), lines, requests, known)
+
+
+def split_into_shards(
+    custom_ids: list[str],
+    requests: dict[str, str],
+    group: int,
+    attempt: int,
+    limits: BatchLimits,
+) -> list[Shard]:
+    """Consecutive shards within the line and byte limits of one batch."""
+    shards: list[Shard] = []
+    current: list[str] = []
+    size = 0
+
+    def close() -> None:
+        if current:
+            shard_id = f"g{group:05d}-a{attempt}-{digest(str(attempt), *current, size=10)}"
+            shards.append(Shard(shard_id, group, attempt, list(current), size))
+
+    for custom_id in custom_ids:
+        line_bytes = len(requests[custom_id].encode("utf-8")) + 1
+        if current and (len(current) >= limits.max_lines or size + line_bytes > limits.max_bytes):
+            close()
+            current, size = [], 0
+        current.append(custom_id)
+        size += line_bytes
+    close()
+    return shards
+
+
+@task(name="plan-shards", cache_policy=NO_CACHE)
+def plan_shards(
+    lines: GroupLines,
+    pending: list[str],
+    attempt: int,
+    limits: BatchLimits,
+    state: RunState,
+) -> list[Shard]:
+    """Split the pending lines into shards and write each new shard's JSONL file.
+
+    A shard that already has a manifest record was written (and maybe submitted) by an
+    earlier run of this generation: its file is left as it is.
+    """
+    shards = split_into_shards(pending, lines.requests, lines.index, attempt, limits)
+    for shard in shards:
+        if state.load_batch(shard.shard_id) is None:
+            payload = "".join(lines.requests[c] + "\n" for c in shard.custom_ids)
+            state.write_shard(shard.shard_id, payload.encode("utf-8"))
+    return shards

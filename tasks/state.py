@@ -1,0 +1,273 @@
+"""The run's working state under `destination/_state/`: what makes resume possible.
+
+Layout (pyarrow's dataset discovery ignores `_state`, so readers never see it):
+
+    _state/generation.json            current generation, its status, the last one that succeeded
+    _state/gen-000007/shards/ID.jsonl request lines of a shard, written before it is submitted
+    _state/gen-000007/batches/ID.json manifest record: shard -> batch id -> status (every change)
+    _state/gen-000007/results/ID.parquet  decoded output of a fetched batch
+    _state/gen-000007/groups/KEY.parquet  every result of a finished group of documents
+    _state/gen-000007/staging/        the output dataset being written, before it is committed
+
+A generation is one logical run. A run that crashed, failed or timed out leaves its generation
+"running"; the next run resumes it (same shard ids, so submitted batches are reattached, never
+resubmitted). After a success, the next run starts a new generation and, in incremental mode,
+carries over results from the last successful one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.storage import (
+    StorageSettings,
+    filesystem,
+    join,
+    read_json,
+    remove,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+
+RESULT_SCHEMA = pa.schema(
+    [
+        ("custom_id", pa.string()),
+        ("result", pa.string()),  # the domain result as JSON; null on error
+        ("error", pa.string()),
+        ("error_code", pa.string()),
+        ("attempts", pa.int32()),
+    ]
+)
+
+
+class BatchStatusValue:
+    SUBMITTED = "submitted"  # accepted by the API, not terminal yet
+    COMPLETED = "completed"  # terminal on the API side, output not yet recorded
+    FAILED = "failed"  # the whole batch failed on the API side
+    RECORDED = "recorded"  # output decoded and stored under results/
+
+
+@dataclass
+class BatchRecord:
+    """One manifest entry: a shard, the batch it became, and where that batch stands."""
+
+    shard_id: str
+    group: int
+    attempt: int
+    lines: int
+    batch_id: str | None = None
+    status: str = "planned"
+    api_status: str | None = None
+    completed: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    submitted_at: float | None = None
+    updated_at: float = field(default_factory=time.time)
+
+    @property
+    def is_open(self) -> bool:
+        return self.batch_id is not None and self.status == BatchStatusValue.SUBMITTED
+
+
+def key_of(custom_id: str) -> int:
+    """The 64-bit key of a custom id, used by the carry-over index (full ids are rechecked)."""
+    return int(custom_id[-16:], 16)
+
+
+def results_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+
+
+class PreviousResults:
+    """Results of the last successful generation, looked up by custom id in bounded memory.
+
+    Holds only a sorted array of 64-bit keys with (file, row) positions; rows are read from
+    the group files on demand, a few files cached at a time.
+    """
+
+    def __init__(self, state: RunState, generation: int) -> None:
+        self._state = state
+        self._files = sorted(
+            state.fs.glob(join(state.generation_root(generation), "groups", "*.parquet"))
+        )
+        keys, files, rows = [], [], []
+        for index, path in enumerate(self._files):
+            ids = pq.read_table(path, columns=["custom_id"], filesystem=state.fs).column(0)
+            keys.append(np.fromiter((key_of(c) for c in ids.to_pylist()), dtype=np.uint64))
+            files.append(np.full(len(ids), index, dtype=np.int32))
+            rows.append(np.arange(len(ids), dtype=np.int32))
+        if keys:
+            all_keys = np.concatenate(keys)
+            order = np.argsort(all_keys, kind="stable")
+            self._keys = all_keys[order]
+            self._file = np.concatenate(files)[order]
+            self._row = np.concatenate(rows)[order]
+        else:
+            self._keys = np.empty(0, dtype=np.uint64)
+        self._cache: dict[int, pa.Table] = {}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def _table(self, index: int) -> pa.Table:
+        if index not in self._cache:
+            if len(self._cache) >= 4:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[index] = pq.read_table(self._files[index], filesystem=self._state.fs)
+        return self._cache[index]
+
+    def lookup(self, custom_ids: list[str]) -> dict[str, dict[str, Any]]:
+        if not len(self._keys) or not custom_ids:
+            return {}
+        wanted = np.fromiter((key_of(c) for c in custom_ids), dtype=np.uint64)
+        positions = np.searchsorted(self._keys, wanted)
+        found: dict[str, dict[str, Any]] = {}
+        for custom_id, key, position in zip(custom_ids, wanted, positions, strict=True):
+            while position < len(self._keys) and self._keys[position] == key:
+                row = self._table(int(self._file[position])).slice(int(self._row[position]), 1)
+                record = row.to_pylist()[0]
+                if record["custom_id"] == custom_id:
+                    found[custom_id] = record
+                    break
+                position += 1
+        return found
+
+
+class RunState:
+    """Reads and writes the working state of one destination."""
+
+    def __init__(self, destination: str, settings: StorageSettings | None = None) -> None:
+        self.destination = destination
+        self.fs, self.root = filesystem(destination, settings)
+        self.state_root = join(self.root, "_state")
+        self.generation = 0
+        self.resumed = False
+        self.last_succeeded: int | None = None
+        self._previous: PreviousResults | None = None
+
+    # ------------------------------------------------------------------ generations
+
+    def begin(self, flow_run_id: str | None = None) -> RunState:
+        """Resume the unfinished generation, or start a new one after a success."""
+        current = read_json(self.fs, join(self.state_root, "generation.json")) or {}
+        self.last_succeeded = current.get("last_succeeded")
+        if current.get("status") in ("running", "failed"):
+            self.generation, self.resumed = int(current["generation"]), True
+        else:
+            self.generation = int(current.get("generation", 0)) + 1
+        self._write_generation("running", flow_run_id)
+        return self
+
+    def finish(self, succeeded: bool, flow_run_id: str | None = None) -> None:
+        if succeeded:
+            self.last_succeeded = self.generation
+            self._write_generation("succeeded", flow_run_id)
+            for path in self.fs.glob(join(self.state_root, "gen-*")):
+                if not path.rstrip("/").endswith(self._generation_dir(self.generation)):
+                    remove(self.fs, path, recursive=True)
+            for folder in ("shards", "results", "staging"):
+                remove(self.fs, join(self.generation_root(), folder), recursive=True)
+        else:
+            self._write_generation("failed", flow_run_id)
+
+    def _write_generation(self, status: str, flow_run_id: str | None) -> None:
+        write_json_atomic(
+            self.fs,
+            join(self.state_root, "generation.json"),
+            {
+                "generation": self.generation,
+                "status": status,
+                "last_succeeded": self.last_succeeded,
+                "flow_run_id": flow_run_id,
+                "updated_at": time.time(),
+            },
+        )
+
+    @staticmethod
+    def _generation_dir(generation: int) -> str:
+        return f"gen-{generation:06d}"
+
+    def generation_root(self, generation: int | None = None) -> str:
+        return join(self.state_root, self._generation_dir(generation or self.generation))
+
+    def previous_results(self) -> PreviousResults | None:
+        """The last successful generation's results (built on first use)."""
+        if self.last_succeeded is None or self.last_succeeded == self.generation:
+            return None
+        if self._previous is None:
+            self._previous = PreviousResults(self, self.last_succeeded)
+        return self._previous
+
+    # ------------------------------------------------------------------ paths
+
+    def _path(self, folder: str, name: str) -> str:
+        return join(self.generation_root(), folder, name)
+
+    def shard_path(self, shard_id: str) -> str:
+        return self._path("shards", f"{shard_id}.jsonl")
+
+    def staging_path(self, name: str) -> str:
+        return self._path("staging", name)
+
+    # ------------------------------------------------------------------ shards and manifest
+
+    def write_shard(self, shard_id: str, payload: bytes) -> str:
+        path = self.shard_path(shard_id)
+        write_bytes_atomic(self.fs, path, payload)
+        return path
+
+    def read_shard(self, shard_id: str) -> bytes:
+        with self.fs.open(self.shard_path(shard_id), "rb") as handle:
+            return handle.read()
+
+    def load_batch(self, shard_id: str) -> BatchRecord | None:
+        payload = read_json(self.fs, self._path("batches", f"{shard_id}.json"))
+        return BatchRecord(**payload) if payload else None
+
+    def save_batch(self, record: BatchRecord) -> None:
+        record.updated_at = time.time()
+        write_json_atomic(self.fs, self._path("batches", f"{record.shard_id}.json"), asdict(record))
+
+    def batches(self) -> list[BatchRecord]:
+        paths = self.fs.glob(self._path("batches", "*.json"))
+        return [BatchRecord(**read_json(self.fs, path)) for path in sorted(paths)]
+
+    # ------------------------------------------------------------------ results
+
+    def _write_table(self, path: str, table: pa.Table) -> None:
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        write_bytes_atomic(self.fs, path, sink.getvalue().to_pybytes())
+
+    def _read_table(self, path: str) -> pa.Table | None:
+        try:
+            return pq.read_table(path, filesystem=self.fs)
+        except FileNotFoundError:
+            return None
+
+    def write_results(self, shard_id: str, table: pa.Table) -> None:
+        self._write_table(self._path("results", f"{shard_id}.parquet"), table)
+
+    def read_results(self, shard_id: str) -> pa.Table | None:
+        return self._read_table(self._path("results", f"{shard_id}.parquet"))
+
+    def write_group(self, group_key: str, table: pa.Table) -> None:
+        self._write_table(self._path("groups", f"{group_key}.parquet"), table)
+
+    def read_group(self, group_key: str) -> pa.Table | None:
+        return self._read_table(self._path("groups", f"{group_key}.parquet"))
+
+
+def digest(*parts: str, size: int = 16) -> str:
+    hasher = hashlib.blake2b(digest_size=size)
+    for part in parts:
+        hasher.update(part.encode("utf-8", "surrogatepass"))
+        hasher.update(b"\x1f")
+    return hasher.hexdigest()

@@ -1,0 +1,125 @@
+"""Where bytes live: local paths or `s3://` URLs, through fsspec, with atomic writes.
+
+S3 settings come from a `StorageSettings` (usually built from the `S3Storage` block) or, when
+none is given, from the standard AWS environment variables (`AWS_ACCESS_KEY_ID`,
+`AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL`) that boto3 and s3fs read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+from pydantic import SecretStr
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """S3 connection settings. Secrets stay `SecretStr` until handed to s3fs."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: SecretStr | None = field(default=None, repr=False)
+    secret_access_key: SecretStr | None = field(default=None, repr=False)
+    session_token: SecretStr | None = field(default=None, repr=False)
+
+    def s3fs_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if self.access_key_id is not None:
+            options["key"] = self.access_key_id.get_secret_value()
+        if self.secret_access_key is not None:
+            options["secret"] = self.secret_access_key.get_secret_value()
+        if self.session_token is not None:
+            options["token"] = self.session_token.get_secret_value()
+        client_kwargs: dict[str, Any] = {}
+        if self.endpoint_url:
+            client_kwargs["endpoint_url"] = self.endpoint_url
+        if self.region:
+            client_kwargs["region_name"] = self.region
+        if client_kwargs:
+            options["client_kwargs"] = client_kwargs
+        return options
+
+
+def is_remote(url: str) -> bool:
+    return "://" in url and not url.startswith("file://")
+
+
+def filesystem(
+    url: str, settings: StorageSettings | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem for `url` and the path within it (no protocol)."""
+    if url.startswith("s3://") or url.startswith("s3a://"):
+        import s3fs
+
+        fs = s3fs.S3FileSystem(
+            # Fresh listings every time: the flow reads what it has just written.
+            use_listings_cache=False,
+            skip_instance_cache=True,
+            **(settings.s3fs_options() if settings else {}),
+        )
+        return fs, url.split("://", 1)[1].rstrip("/")
+    if is_remote(url):
+        fs, path = fsspec.core.url_to_fs(url)
+        return fs, path.rstrip("/")
+    path = url.removeprefix("file://")
+    return LocalFileSystem(), os.path.abspath(path)
+
+
+def join(base: str, *parts: str) -> str:
+    return posixpath.join(base, *parts)
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Readers see the old object or the new one, never a partial one.
+
+    Locally: write a sibling temporary file, then rename over. On S3 a single PUT is atomic.
+    """
+    if is_local(fs):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def write_json_atomic(fs: fsspec.AbstractFileSystem, path: str, payload: Any) -> None:
+    write_bytes_atomic(fs, path, json.dumps(payload, sort_keys=True, indent=1).encode())
+
+
+def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any | None:
+    try:
+        with fs.open(path, "rb") as handle:
+            return json.loads(handle.read())
+    except FileNotFoundError:
+        return None
+
+
+def move(fs: fsspec.AbstractFileSystem, source: str, target: str) -> None:
+    """Replace `target` with `source`: a rename locally, a server-side copy then delete on S3."""
+    if is_local(fs):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.replace(source, target)
+    else:
+        fs.copy(source, target)
+        fs.rm_file(source)
+
+
+def remove(fs: fsspec.AbstractFileSystem, path: str, recursive: bool = False) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(path, recursive=recursive)
