@@ -1,0 +1,59 @@
+"""Fixtures shared by the batchapi tests: in-process emulators on free loopback ports."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from batchapi.emulator.runner import RunningEmulator, start_emulator
+from batchapi.models import Batch
+
+TEST_API_KEY = "test-key"
+
+
+@pytest.fixture
+def emulator_factory() -> Iterator[Callable[..., RunningEmulator]]:
+    """`emulator_factory(**config_overrides)` starts an emulator; all are stopped at teardown.
+
+    The api key defaults to "test-key"; pass `api_key=None` to turn authentication off.
+    """
+    started: list[RunningEmulator] = []
+
+    def start(**overrides: Any) -> RunningEmulator:
+        overrides.setdefault("api_key", TEST_API_KEY)
+        running = start_emulator(**overrides)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def emulator(emulator_factory: Callable[..., RunningEmulator]) -> RunningEmulator:
+    """An emulator with api key "test-key" and default settings."""
+    return emulator_factory()
+
+
+@pytest.fixture
+def wait_terminal() -> Callable[..., Batch]:
+    """`wait_terminal(client, batch_id, timeout=10)` polls until the batch is terminal."""
+
+    def wait(client: httpx.Client, batch_id: str, timeout: float = 10.0) -> Batch:
+        deadline = time.monotonic() + timeout
+        while True:
+            response = client.get(f"/v1/batches/{batch_id}")
+            response.raise_for_status()
+            batch = Batch.model_validate(response.json())
+            if batch.is_terminal:
+                return batch
+            if time.monotonic() > deadline:
+                raise AssertionError(f"batch {batch_id} still {batch.status} after {timeout} s")
+            time.sleep(0.01)
+
+    return wait
