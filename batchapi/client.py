@@ -83,7 +83,12 @@ Kind = Literal["submit", "get", "output"]
 
 _KEY_HINT = "BATCH_API_KEY or the BatchApi block's api_key"
 _MASK = "********"
-_TRANSIENT_STATUS = frozenset({408, 429})  # plus every 5xx
+# Answers worth repeating: these plus every 5xx. A submit is repeated on them too.
+# GAP: whether a 5xx to POST /v1/batches can follow a queued batch is undocumented. We take
+# a 5xx answer (500 and 504 included) to mean the server rejected the request before queuing
+# it; the docs' 502/503 rows ("backend request failed", "router not configured") fit that.
+# A lost answer (timeout, dropped connection) is different: see SubmitOutcomeUnknownError.
+_TRANSIENT_STATUS = frozenset({408, 429})
 
 
 # --------------------------------------------------------------------------- validation
@@ -456,6 +461,7 @@ class _ClientCore:
             return None
         retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
+            # Honoured, but never beyond backoff_max: the caller's budget wins.
             return min(retry_after, self.backoff_max)
         ceiling = min(self.backoff_max, self.backoff_base * 2**attempt)
         return self._random.uniform(0, ceiling)  # full jitter
