@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from batchapi.client import (
     AsyncBatchApiClient,
@@ -261,6 +262,9 @@ def test_repr_and_bad_keys_never_show_the_key() -> None:
     assert "api_key='********'" in repr(client)
     assert client.base_url == "http://127.0.0.1:1"
     client.close()
+    with BatchApiClient("http://127.0.0.1:1", SecretStr(SECRET)) as from_secret:
+        assert SECRET not in repr(from_secret)
+        assert from_secret._headers()["x-api-key"] == SECRET
     with pytest.raises(ValueError) as info:
         BatchApiClient("http://127.0.0.1:1", "sk-bad key\x00")
     assert "sk-bad" not in str(info.value)
