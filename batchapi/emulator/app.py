@@ -1,8 +1,4 @@
-"""The emulator's HTTP surface: revision B of the Batch API plus the three realtime endpoints.
-
-Non-2xx JSON bodies are `{"detail": "..."}` everywhere (spec §4 GAP recommendation), and
-FastAPI-style 422 for schema errors on the realtime endpoints.
-"""
+"""The emulator's HTTP surface: revision B of the Batch API plus the three realtime endpoints."""
 
 from __future__ import annotations
 
@@ -33,6 +29,9 @@ log = logging.getLogger(__name__)
 REALTIME_PATHS = frozenset({"/extract", "/summarization/abstractive", "/classify"})
 _MODEL_CHOICES = ", ".join(repr(model) for model in MODELS)
 _NOTHING_QUEUED = "Nothing in this request was queued."
+
+# GAP: the error body format is undocumented. Every non-2xx JSON body is {"detail": "..."}
+# (FastAPI's shape, seen in a third-party adapter), and realtime schema errors are FastAPI 422s.
 
 
 class Emulator:
@@ -140,7 +139,11 @@ async def _read_capped(request: Request, limit: int) -> bytes:
 
 
 class FaultInjection:
-    """Answers a share of API requests with 429/500/503 before anything else runs."""
+    """Answers a share of API requests with 429/500/503 before anything else runs.
+
+    GAP: no rate limits are documented for batch; 429s here are injected faults only, with
+    Retry-After: 0 so that clients retrying in tests do not sleep.
+    """
 
     def __init__(self, app: ASGIApp, faults: HttpFaults, on_fault: Callable[[], None]) -> None:
         self.app = app
@@ -210,6 +213,7 @@ def create_app(config: EmulatorConfig) -> FastAPI:
     async def create_batch(request: Request) -> Response:
         payload = await _read_capped(request, config.max_bytes)
         items = parse_submission(payload, config)
+        # GAP: the id format beyond the example `batch_abc123`; ours is batch_ + 24 hex digits.
         batch_id = f"batch_{secrets.token_hex(12)}"
         stored = store.create_batch(
             batch_id, int(time.time()), payload, [item["custom_id"] for item in items]

@@ -26,6 +26,7 @@ class EmulatorConfig(BaseModel):
     db_path: Path | None = None
     max_lines: int = Field(default=_DEFAULT_LIMITS.max_lines, ge=1)
     max_bytes: int = Field(default=_DEFAULT_LIMITS.max_bytes, ge=1)
+    # GAP: how long a batch stays in each status is undocumented; configurable, instant by default.
     latency: float = Field(default=0.0, ge=0.0, description="Minimum seconds in_progress.")
     fail_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="Share of failing lines.")
     http_fault_rate: float = Field(

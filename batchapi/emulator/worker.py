@@ -69,6 +69,8 @@ def _error_line(custom_id: str, code: LineErrorCode, message: str) -> OutputLine
 
 
 def _success_line(line: RequestLine, content: str, created: int) -> OutputLine:
+    # GAP: `created` and `usage` in batch output are undocumented; we emit the full OpenAI
+    # shape, with prompt tokens approximated from the text and no completion tokens.
     prompt_tokens = approx_tokens(line.body.text)
     completion = ChatCompletion(
         id=f"chatcmpl-{secrets.token_hex(12)}",
@@ -214,6 +216,8 @@ class Worker:
         started = self._clock()
         self._store.mark_in_progress(batch_id, started)
         config = self._config
+        # GAP: what makes a whole batch `failed` is undocumented. Here only a backend fault
+        # (injected by batch_fail_rate) does; a batch whose every line failed still completes.
         if batch_fails(config.seed, config.batch_fail_rate, batch.seq):
             status = BatchStatus.FAILED
             result = failed_request(
