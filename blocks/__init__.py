@@ -1,4 +1,8 @@
-"""Prefect blocks of batch-enrich. Register them with `prefect block register -m blocks`."""
+"""Prefect blocks of batch-enrich.
+
+Register both block types with the Prefect API in `PREFECT_API_URL` with
+`python -m blocks.register` (see `blocks/register.py` for saving a BatchApi document too).
+"""
 
 from blocks.batch_api import BatchApi
 from blocks.storage import S3Storage

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from batchapi.models import BatchLimits
 
 
 class BatchApi(Block):
-    """Connection settings for a Batch API (the hosted service or an emulator)."""
+    """Connection settings for a Batch API (the hosted service or an emulator).
+
+    Flows name a saved document of this block in their `batch_api` parameter. The key is a
+    `SecretStr`: Prefect stores it encrypted-at-rest in the block document, shows it as
+    `********` in the UI and in reprs, and the client only reads it when building a request.
+    """
 
     _block_type_name = "Batch API"
     _block_type_slug = "batch-api"
@@ -20,7 +25,7 @@ class BatchApi(Block):
 
     base_url: str = Field(
         default="https://api.scaledown.xyz",
-        description="Base URL of the API, without /v1.",
+        description="Base URL of the API, e.g. https://api.scaledown.xyz (without /v1).",
     )
     api_key: SecretStr | None = Field(
         default=None, description="Sent as the x-api-key header; never logged."
@@ -35,6 +40,15 @@ class BatchApi(Block):
     poll_interval_seconds: float = Field(
         default=5.0, gt=0, description="Default wait between status polls."
     )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {value!r}")
+        # The client adds /v1/...; accept the versioned URL people copy from the API docs.
+        return value.removesuffix("/v1")
 
     def limits(self) -> BatchLimits:
         return BatchLimits(max_lines=self.max_lines_per_batch, max_bytes=self.max_bytes_per_batch)
