@@ -487,7 +487,7 @@ def _iter_batches(
                 pa.array(ids, pa.string()),
                 pa.array(texts, pa.string()),
                 pa.array(kind_column, pa.string()),
-                pa.array(created, pa.int64()).cast(SCHEMA.field("created_at").type),
+                pa.array(created, SCHEMA.field("created_at").type),
             ],
             schema=SCHEMA,
         )
