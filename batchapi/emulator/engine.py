@@ -12,15 +12,17 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from typing import Any
 
 from batchapi.emulator.engine_extract import Document
 from batchapi.emulator.engine_labels import label_keywords, resolve_kind
 from batchapi.emulator.engine_text import (
-    STOPWORDS,
     WORD_RE,
+    aligned_lower,
+    content_stem_of,
     content_stems,
     sentence_spans,
-    stem,
+    stem_set,
     word_set,
 )
 from batchapi.models import (
@@ -28,7 +30,6 @@ from batchapi.models import (
     ClassifyBody,
     ClassifyResult,
     DomainResult,
-    Entity,
     ExtractBody,
     ExtractResult,
     LabelScore,
@@ -48,7 +49,7 @@ def extract(body: ExtractBody) -> ExtractResult:
     """
     text = body.text
     document = Document(text)
-    entities: list[Entity] = []
+    entities: list[dict[str, Any]] = []
     for label, description in body.entities.items():
         kind = resolve_kind(label, description)
         if kind is not None:
@@ -61,18 +62,18 @@ def extract(body: ExtractBody) -> ExtractResult:
             if span.end > span.start and span.confidence > best.get(key, -1.0):
                 best[key] = span.confidence
         for (start, end), confidence in sorted(best.items(), key=_by_confidence):
-            # Built without re-validation: the values are valid by construction.
             entities.append(
-                Entity.model_construct(
-                    text=text[start:end],
-                    type=label,
-                    confidence=confidence,
-                    start=start,
-                    end=end,
-                    context=text[max(0, start - CONTEXT_CHARS) : end + CONTEXT_CHARS],
-                )
+                {
+                    "text": text[start:end],
+                    "type": label,
+                    "confidence": confidence,
+                    "start": start,
+                    "end": end,
+                    "context": text[max(0, start - CONTEXT_CHARS) : end + CONTEXT_CHARS],
+                }
             )
-    return ExtractResult(entities=entities, structured_result=None)
+    # Validating plain dicts in one call is about twice as fast as building Entity objects.
+    return ExtractResult.model_validate({"entities": entities, "structured_result": None})
 
 
 def _by_confidence(item: tuple[tuple[int, int], float]) -> tuple[float, int, int]:
@@ -116,30 +117,31 @@ def _requested_count(instructions: str) -> int | None:
     return None
 
 
-def _centrality(sentences: list[str]) -> list[float]:
-    """TF-IDF cosine of each sentence to the document centroid, plus a mild lead bias."""
-    bags = [Counter(content_stems(sentence)) for sentence in sentences]
-    total = len(sentences)
+def _centrality(text: str, spans: list[tuple[int, int]]) -> list[float]:
+    """TF-IDF cosine of each sentence to the document centroid, plus a mild lead bias.
+
+    Sentences rarely repeat a word, so term frequency within a sentence is taken as 0/1. Then
+    a term's centroid weight is df * idf, and each cosine is two sums over the sentence's terms.
+    """
+    lowered = aligned_lower(text)
+    bags = [stem_set(lowered, start, end) for start, end in spans]
+    total = len(spans)
     frequency: Counter[str] = Counter()
     for bag in bags:
-        frequency.update(bag.keys())
-    idf = {term: math.log((1 + total) / (1 + df)) + 1.0 for term, df in frequency.items()}
-    vectors = [{t: (1.0 + math.log(c)) * idf[t] for t, c in bag.items()} for bag in bags]
+        frequency.update(bag)
+    idf_squared: dict[str, float] = {}
     centroid: dict[str, float] = {}
-    for vector in vectors:
-        for term, weight in vector.items():
-            centroid[term] = centroid.get(term, 0.0) + weight
+    for term, df in frequency.items():
+        idf = math.log((1 + total) / (1 + df)) + 1.0
+        idf_squared[term] = idf * idf
+        centroid[term] = df * idf
     centroid_norm = math.sqrt(sum(w * w for w in centroid.values())) or 1.0
     scores = []
-    for index, vector in enumerate(vectors):
-        norm = math.sqrt(sum(w * w for w in vector.values()))
-        cosine = (
-            sum(w * centroid[t] for t, w in vector.items()) / (norm * centroid_norm)
-            if norm
-            else 0.0
-        )
-        lead = _LEAD_BIAS * (1.0 - index / total)
-        scores.append(cosine + lead)
+    for index, bag in enumerate(bags):
+        norm = math.sqrt(sum(map(idf_squared.__getitem__, bag)))
+        dot = sum(idf_squared[t] * frequency[t] for t in bag)
+        cosine = dot / (norm * centroid_norm) if norm else 0.0
+        scores.append(cosine + _LEAD_BIAS * (1.0 - index / total))
     return scores
 
 
@@ -162,12 +164,13 @@ def summarize(body: SummarizeBody) -> SummarizeResult:
     bullets = bool(_BULLETS_RE.search(instructions))
     prefix, joiner = ("- ", "\n") if bullets else ("", " ")
 
-    sentences = [text[s:e] for s, e in sentence_spans(text)] or [text.strip() or text]
+    spans = sentence_spans(text) or [(0, len(text))]
+    sentences = [text[start:end] for start, end in spans]
     wanted = _requested_count(instructions)
     if wanted is None:
         wanted = min(_DEFAULT_SENTENCES, max(1, math.ceil(len(sentences) * _DEFAULT_FRACTION)))
 
-    scores = _centrality(sentences) if len(sentences) > 1 else [1.0]
+    scores = _centrality(text, spans) if len(spans) > 1 else [1.0]
     ranked = sorted(range(len(sentences)), key=lambda i: (-scores[i], i))
     chosen: dict[int, str] = {}
     used = 0
@@ -222,13 +225,9 @@ def classify(body: ClassifyBody) -> ClassifyResult:
 
     `body.system_prompt` is not used: it tends to describe the task for every label alike.
     """
-    counts: Counter[str] = Counter()
-    surface: dict[str, str] = {}
-    for word in WORD_RE.findall(body.text.lower()):
-        if len(word) > 1 and word not in STOPWORDS:
-            term = stem(word)
-            counts[term] += 1
-            surface.setdefault(term, word)
+    words = WORD_RE.findall(body.text.lower())
+    stems = list(map(content_stem_of, words))
+    counts = Counter(stems)
 
     label_terms = [_label_terms(label.name, label.rubric) for label in body.labels]
     # A word in every label's vocabulary cannot tell labels apart, so it counts for less.
@@ -250,7 +249,7 @@ def classify(body: ClassifyBody) -> ClassifyResult:
             contribution = weight * (1.0 + math.log(count)) / shared[term]
             score += contribution
             bucket = from_name if weight == _NAME_WEIGHT else from_rubric
-            bucket.append((-contribution, surface[term]))
+            bucket.append((-contribution, term))
         raw.append(score / math.sqrt(total_weight))
         evidence.append(
             (
@@ -263,17 +262,34 @@ def classify(body: ClassifyBody) -> ClassifyResult:
     total = sum(smoothed)
     probabilities = [s / total for s in smoothed]
     top = max(range(len(probabilities)), key=lambda i: (probabilities[i], -i))
+    from_name, from_rubric = evidence[top]
+    surface = _surface_forms(words, stems, {*from_name, *from_rubric})
     names = [label.name for label in body.labels]
     scores = dict(zip(names, probabilities, strict=True))
     return ClassifyResult(
         top_label=names[top],
         scores=scores,
-        reasoning=_reasoning(names[top], probabilities[top], *evidence[top]),
+        reasoning=_reasoning(
+            names[top],
+            probabilities[top],
+            [surface[t] for t in from_name],
+            [surface[t] for t in from_rubric],
+        ),
         labels=[
             LabelScore(label=label.name, score=p, rubric=label.rubric)
             for label, p in zip(body.labels, probabilities, strict=True)
         ],
     )
+
+
+def _surface_forms(words: list[str], stems: list[str], wanted: set[str]) -> dict[str, str]:
+    """The first word of the text behind each wanted stem, for a readable reasoning."""
+    surface: dict[str, str] = {}
+    if wanted:
+        for word, term in zip(words, stems, strict=True):
+            if term in wanted and term not in surface:
+                surface[term] = word
+    return surface
 
 
 def _reasoning(name: str, probability: float, from_name: list[str], from_rubric: list[str]) -> str:

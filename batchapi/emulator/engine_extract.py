@@ -27,7 +27,13 @@ from batchapi.emulator.engine_lexicon import (
     ORG_WORDS,
     TITLES,
 )
-from batchapi.emulator.engine_text import IRREGULAR_FORMS, STOPWORDS, stem, word_set
+from batchapi.emulator.engine_text import (
+    IRREGULAR_FORMS,
+    STOPWORDS,
+    aligned_lower,
+    stem,
+    word_set,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +189,8 @@ _SUFFIX_AFTER_RE = re.compile(
     r",?[ ](?:plc|PLC|Inc|Ltd|LLC|GmbH|Corp|Co|AG|SA|S\.A|N\.V|NV|B\.V|BV|LLP|Limited)(?!\w)\.?"
 )
 _DOTTED_SUFFIXES = word_set("inc ltd corp co")
+# Legal forms written with dots, matched from their first letter ("S.A.", "N.V.", "S.p.A.").
+_DOTTED_LEGAL_RE = re.compile(r"(?:S\.A|N\.V|B\.V|S\.p\.A|S\.L|L\.L\.C|P\.C)\.?(?!\w)")
 _NON_NAMES = word_set("""
     english french german spanish italian chinese japanese portuguese dutch russian arabic
     european american british asian african canadian australian indian
@@ -308,10 +316,7 @@ class Document:
 
     @cached_property
     def lowered(self) -> str:
-        lowered = self.text.lower()
-        if len(lowered) != len(self.text):  # "İ" lowercases to two characters
-            lowered = "".join(ch if len(ch.lower()) != 1 else ch.lower() for ch in self.text)
-        return lowered
+        return aligned_lower(self.text)
 
     def find(self, kind: str) -> list[Span]:
         if kind in (PERSON, ORGANIZATION, LOCATION):
@@ -528,7 +533,12 @@ class Document:
             end -= 2
             last = last[:-2]
         size = len(group)
-        legal = size > 1 and last.lower() in LEGAL_SUFFIXES
+        if size > 1 and len(last) == 1:
+            dotted = _DOTTED_LEGAL_RE.match(text, group[-1][0])
+            if dotted:
+                end = dotted.end()
+                last = dotted.group(0)
+        legal = size > 1 and (last.lower() in LEGAL_SUFFIXES or "." in last)
         if legal and last.lower() in _DOTTED_SUFFIXES and text.startswith(".", end):
             end += 1
         if not legal:
@@ -606,7 +616,7 @@ class Document:
             and not _sentence_initial(text, start)
             and all(t[2][1:].islower() for t in group)
         ):
-            return PERSON, 0.5
+            return PERSON, 0.45
         return None, 0.0
 
     def _locations_inside(

@@ -10,9 +10,9 @@ def word_set(block: str) -> frozenset[str]:
     return frozenset(block.split())
 
 
-# A word starts with a letter or digit and may carry combining marks (decomposed accents) and
-# inner apostrophes ("O'Brien", "don't").
-WORD_RE = re.compile(r"[^\W_](?:[\w\u0300-\u036f]|['\u2019](?=[^\W_]))*")
+# A run of word characters that may carry combining marks (decomposed accents) and inner
+# apostrophes ("O'Brien", "don't").
+WORD_RE = re.compile(r"\w+(?:[\u0300-\u036f]+\w*|['\u2019]\w+)*")
 
 STOPWORDS: frozenset[str] = word_set("""
     a about above after again against all also am an and any are aren't as at be because been
@@ -54,6 +54,7 @@ IRREGULAR_FORMS = {
     "people": "person",
     "men": "man",
     "women": "woman",
+    "news": "news",
 }
 
 # Longest first, so "payments" loses "ments" rather than "s".
@@ -134,6 +135,25 @@ class _ContentStems(dict[str, str]):
 
 
 _CONTENT_STEMS = _ContentStems()
+content_stem_of = _CONTENT_STEMS.__getitem__
+
+
+def aligned_lower(text: str) -> str:
+    """`text.lower()`, but always exactly as long as `text`, so offsets carry over.
+
+    Only "\u0130" (capital I with dot) lowercases to two characters; it is kept as it is.
+    """
+    lowered = text.lower()
+    if len(lowered) != len(text):
+        lowered = "".join(ch if len(ch.lower()) != 1 else ch.lower() for ch in text)
+    return lowered
+
+
+def stem_set(lowered: str, start: int, end: int) -> set[str]:
+    """The distinct content stems of `lowered[start:end]` (already lowercase)."""
+    stems = set(map(content_stem_of, WORD_RE.findall(lowered, start, end)))
+    stems.discard("")
+    return stems
 
 
 def content_stems(text: str, extra_stopwords: frozenset[str] = frozenset()) -> list[str]:
@@ -141,7 +161,7 @@ def content_stems(text: str, extra_stopwords: frozenset[str] = frozenset()) -> l
     words = WORD_RE.findall(text.lower())
     if extra_stopwords:
         words = [w for w in words if w not in extra_stopwords]
-    return [s for s in map(_CONTENT_STEMS.__getitem__, words) if s]
+    return [s for s in map(content_stem_of, words) if s]
 
 
 # --------------------------------------------------------------------------- sentences
@@ -157,23 +177,19 @@ _SOFT_ABBREVIATIONS = word_set("""
     nov dec bros
     """)
 
-_BOUNDARY_RE = re.compile(
-    r"(?P<term>[.!?…]+[\"'\u2019\u201d)\]]*)(?P<ws>\s+)"
-    r"|(?P<para>\n[ \t]*\n\s*)"
-    r"|(?P<line>\n[ \t]*)(?=(?:[-*•]|\d{1,2}[.)])[ \t])"
-    r"|(?P<head>\n[ \t]*)(?=[^\W\d_])"
-)
-_BULLET_PREFIX_RE = re.compile(r"(?:[-*•]|\d{1,2}[.)])[ \t]+")
+# Candidate boundaries: runs of final punctuation (with closing quotes/brackets) and newlines.
+_CANDIDATE_RE = re.compile(r"[.!?\u2026\n][.!?\u2026\"'\u2019\u201d)\]]*")
+_BULLET_PREFIX_RE = re.compile(r"(?:[-*\u2022]|\d{1,2}[.)])[ \t]+")
+_ALNUM_RE = re.compile(r"[^\W_]")
 _HEADING_MAX_CHARS = 60
-
-
-_WORD_BEFORE_RE = re.compile(r"[\w.]+$")
+_NOT_HEADING_ENDS = ",;-\u2013\u2014("
+_OPENERS = "(\"'[\u201c\u2018"
 
 
 def _word_before(text: str, end: int) -> str:
     """The word (dots included: "e.g", "U.S") that ends at `end`."""
-    match = _WORD_BEFORE_RE.search(text, max(0, end - 24), end)
-    return match.group(0).strip(".") if match else ""
+    space = max(text.rfind(" ", max(0, end - 24), end), text.rfind("\n", max(0, end - 24), end))
+    return text[space + 1 : end].lstrip(_OPENERS).strip(".")
 
 
 def _next_word(text: str, pos: int) -> str:
@@ -181,17 +197,15 @@ def _next_word(text: str, pos: int) -> str:
     return match.group(0) if match else ""
 
 
-def _ends_sentence(text: str, match: re.Match[str]) -> bool:
-    after = match.end()
+def _ends_sentence(text: str, term_start: int, term: str, after: int) -> bool:
+    """Whether final punctuation `term` (at `term_start`, next word at `after`) ends a sentence."""
     if after >= len(text):
         return True
-    following = text[after]
-    if following.islower():
+    if text[after].islower():
         return False
-    term = match.group("term")
-    if not term.startswith(".") or term.startswith(".."):
+    if term[0] != "." or term.startswith(".."):
         return True
-    before = _word_before(text, match.start("term"))
+    before = _word_before(text, term_start)
     lowered = before.lower()
     if lowered in _HARD_ABBREVIATIONS:
         return False
@@ -202,15 +216,31 @@ def _ends_sentence(text: str, match: re.Match[str]) -> bool:
     return True
 
 
+def _newline_ends_sentence(text: str, newline: int, after: int) -> bool:
+    """A blank line, a bullet on the next line, or a heading-like line before the newline."""
+    if after >= len(text) or text[after] == "\n":
+        return True
+    if _BULLET_PREFIX_RE.match(text, after):
+        return True
+    if not text[after].isalpha():
+        return False
+    line = text[text.rfind("\n", 0, newline) + 1 : newline].rstrip()
+    return bool(line) and len(line) <= _HEADING_MAX_CHARS and line[-1] not in _NOT_HEADING_ENDS
+
+
 def _trimmed(text: str, start: int, end: int) -> tuple[int, int] | None:
-    while start < end and text[start].isspace():
-        start += 1
-    while end > start and text[end - 1].isspace():
-        end -= 1
-    bullet = _BULLET_PREFIX_RE.match(text, start, end)
-    if bullet:
-        start = bullet.end()
-    if start >= end or not any(ch.isalnum() for ch in text[start:end]):
+    segment = text[start:end]
+    stripped = segment.strip()
+    if not stripped:
+        return None
+    start += len(segment) - len(segment.lstrip())
+    end = start + len(stripped)
+    if stripped[0] in "-*\u20220123456789":
+        bullet = _BULLET_PREFIX_RE.match(text, start, end)
+        if bullet:
+            start = bullet.end()
+            stripped = text[start:end]
+    if start >= end or not (stripped[0].isalnum() or _ALNUM_RE.search(stripped)):
         return None
     return start, end
 
@@ -223,25 +253,31 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     final punctuation (a heading). Text without any of these is one sentence.
     """
     spans: list[tuple[int, int]] = []
+    length = len(text)
     start = 0
-    for match in _BOUNDARY_RE.finditer(text):
-        if match.group("term") is not None:
-            if not _ends_sentence(text, match):
+    for match in _CANDIDATE_RE.finditer(text):
+        at, end = match.span()
+        if at < start:
+            continue
+        after = end
+        if text[at] == "\n":
+            while after < length and text[after] in " \t":
+                after += 1
+            if not _newline_ends_sentence(text, at, after):
                 continue
-            end = match.start("ws")
-        elif match.group("head") is not None:
-            line_start = text.rfind("\n", 0, match.start()) + 1
-            line = text[line_start : match.start()].rstrip()
-            if not line or len(line) > _HEADING_MAX_CHARS or line[-1] in ",;-\u2013\u2014(":
-                continue
-            end = match.start()
+            end = at
         else:
-            end = match.start()
+            if after < length and not text[after].isspace():
+                continue  # "3.5", "example.com", "e.g.,"
+            while after < length and text[after].isspace():
+                after += 1
+            if not _ends_sentence(text, at, match.group(0), after):
+                continue
         span = _trimmed(text, start, end)
         if span is not None:
             spans.append(span)
-        start = match.end()
-    span = _trimmed(text, start, len(text))
+        start = after
+    span = _trimmed(text, start, length)
     if span is not None:
         spans.append(span)
     return spans
