@@ -172,23 +172,25 @@ def summarize(body: SummarizeBody) -> SummarizeResult:
 
     scores = _centrality(text, spans) if len(spans) > 1 else [1.0]
     ranked = sorted(range(len(sentences)), key=lambda i: (-scores[i], i))
-    chosen: dict[int, str] = {}
-    used = 0
-    for index in ranked:
-        if len(chosen) >= wanted:
-            break
-        sentence = _SPACE_RE.sub(" ", sentences[index])
-        cost = len(prefix) + len(sentence) + (len(joiner) if chosen else 0)
-        if used + cost <= budget:
-            chosen[index] = sentence
-            used += cost
-    if chosen:
-        summary = joiner.join(prefix + chosen[i] for i in sorted(chosen))
-    else:
-        best = _SPACE_RE.sub(" ", sentences[ranked[0]])
+    # The most central sentence always leads; if it alone is over budget it is cut short.
+    # Later picks that do not fit are skipped in favour of shorter, less central ones.
+    best = _SPACE_RE.sub(" ", sentences[ranked[0]])
+    if len(prefix) + len(best) > budget:
         summary = prefix + _truncate(best, budget - len(prefix))
         if len(summary) > budget:  # a budget smaller than the bullet prefix itself
             summary = _truncate(best, budget)
+        return SummarizeResult(summary=summary, input_chars=len(text), output_chars=len(summary))
+    chosen = {ranked[0]: best}
+    used = len(prefix) + len(best)
+    for index in ranked[1:]:
+        if len(chosen) >= wanted:
+            break
+        sentence = _SPACE_RE.sub(" ", sentences[index])
+        cost = len(joiner) + len(prefix) + len(sentence)
+        if used + cost <= budget:
+            chosen[index] = sentence
+            used += cost
+    summary = joiner.join(prefix + chosen[i] for i in sorted(chosen))
     return SummarizeResult(summary=summary, input_chars=len(text), output_chars=len(summary))
 
 
