@@ -1,0 +1,429 @@
+"""End-to-end benchmark: the `enrich-documents` flow against a plain in-process baseline.
+
+For each size it generates N documents (~2 KB of text each) as Parquet, then, each in a fresh
+subprocess:
+
+- flow: `enrich_documents` on the embedded emulator (no latency, all three models), with a
+  private PREFECT_HOME; the temporary Prefect server is started by a warm-up flow first, so
+  "flow s" is the enrichment itself and "start s" the one-off server start.
+- baseline: no Prefect run and no HTTP: reads the same Parquet in groups with pyarrow, builds
+  the same request lines (`tasks.shard.build_group_lines`), runs the emulator's engine on each
+  body in-process, and writes the same enriched Parquet (`tasks.merge`).
+
+Both outputs are compared column by column. Peak RSS is each subprocess's own maximum
+resident set (`getrusage(RUSAGE_SELF)`); the Prefect server's is reported apart.
+
+    python bench/pipeline.py                  # 10k and 100k documents
+    python bench/pipeline.py --sizes 10000    # one size
+    python bench/pipeline.py --million        # adds 1,000,000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+FLOW_STAGES = ("validate-source", "prepare-group", "plan-shards", "run-batches", "merge-group")
+BASELINE_STAGES = ("read", "build-lines", "engine", "merge", "write")
+DEFAULT_SIZES = (10_000, 100_000)
+
+
+# --------------------------------------------------------------------------- children
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class _ChildrenPeak:
+    """Peak summed RSS of this process's descendants (the Prefect server), sampled."""
+
+    def __init__(self, every: float = 0.5) -> None:
+        self.peak_mb = 0.0
+        self._every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.wait(self._every):
+            total = 0
+            for child in me.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:
+                    continue
+            self.peak_mb = max(self.peak_mb, total / 2**20)
+
+    def __enter__(self) -> _ChildrenPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+async def _stage_seconds(flow_run_id: Any) -> dict[str, float]:
+    """Wall seconds (first start to final state) per task, summed by task name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    seconds = dict.fromkeys(FLOW_STAGES, 0.0)
+    seconds["other tasks"] = 0.0
+    async with get_client() as client:
+        offset = 0
+        while True:
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                limit=200,
+                offset=offset,
+            )
+            for run in runs:
+                if run.start_time is None or run.end_time is None:
+                    continue
+                elapsed = (run.end_time - run.start_time).total_seconds()
+                stage = next((s for s in FLOW_STAGES if run.name.startswith(s)), "other tasks")
+                seconds[stage] += elapsed
+            if len(runs) < 200:
+                return seconds
+            offset += len(runs)
+
+
+def child_flow(args: argparse.Namespace) -> dict[str, Any]:
+    import asyncio
+
+    from prefect import flow
+
+    from flows.enrich import enrich_documents
+    from flows.sample_corpus import DEMO_ENRICHMENTS
+
+    @flow(name="bench-warmup")
+    def warmup() -> int:
+        return 1
+
+    with _ChildrenPeak() as server:
+        started = time.monotonic()
+        warmup()
+        startup = time.monotonic() - started
+        started = time.monotonic()
+        state = enrich_documents(
+            source=args.source,
+            destination=args.destination,
+            enrichments=DEMO_ENRICHMENTS,
+            batch_api="embedded",
+            shard_size=args.shard_size,
+            max_in_flight=args.max_in_flight,
+            poll_interval_seconds=args.poll,
+            group_size=args.group_size,
+            return_state=True,
+        )
+        seconds = time.monotonic() - started
+    report = state.result()
+    stages = asyncio.run(_stage_seconds(state.state_details.flow_run_id))
+    stages["flow body"] = max(0.0, seconds - sum(stages.values()))
+    return {
+        "seconds": seconds,
+        "startup_seconds": startup,
+        "stages": stages,
+        "batches": report.batches_submitted + report.batches_reattached,
+        "lines": report.lines_sent,
+        "rows": report.rows_in,
+        "peak_rss_mb": _peak_rss_mb(),
+        "server_peak_rss_mb": server.peak_mb,
+        "output": report.output_path,
+    }
+
+
+def child_baseline(args: argparse.Namespace) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    from batchapi.emulator.engine import run
+    from batchapi.models import BODY_ADAPTER
+    from flows.sample_corpus import DEMO_ENRICHMENTS
+    from tasks.merge import OUTPUT_FILE, ROW_GROUP_ROWS, merge_group, output_schema, results_for
+    from tasks.read import iter_groups, resolve_source
+    from tasks.shard import build_group_lines
+    from tasks.spec import parse_enrichments
+    from tasks.state import results_table
+
+    started = time.monotonic()
+    stages = dict.fromkeys(BASELINE_STAGES, 0.0)
+    enrichments = parse_enrichments(DEMO_ENRICHMENTS)
+    source = resolve_source(args.source)
+    output = Path(args.destination) / OUTPUT_FILE
+    output.parent.mkdir(parents=True, exist_ok=True)
+    writer: pq.ParquetWriter | None = None
+    rows = lines_sent = 0
+    groups = iter_groups(source, args.group_size)
+    index = 0
+    while True:
+        mark = time.monotonic()
+        group = next(groups, None)
+        stages["read"] += time.monotonic() - mark
+        if group is None:
+            break
+        mark = time.monotonic()
+        lines = build_group_lines(group, index, enrichments, source.id_column, source.text_column)
+        stages["build-lines"] += time.monotonic() - mark
+        mark = time.monotonic()
+        decoded = []
+        for custom_id, line in lines.requests.items():
+            body = BODY_ADAPTER.validate_python(json.loads(line)["body"])
+            decoded.append(
+                {
+                    "custom_id": custom_id,
+                    "result": run(body).model_dump_json(),
+                    "error": None,
+                    "error_code": None,
+                    "attempts": 1,
+                }
+            )
+        lines_sent += len(decoded)
+        stages["engine"] += time.monotonic() - mark
+        mark = time.monotonic()
+        results = results_for(lines, [results_table(decoded)])
+        if writer is None:
+            metadata = {"batch_enrich.backend": "baseline (engine in-process)"}
+            schema = output_schema(group.schema, enrichments, metadata)
+            writer = pq.ParquetWriter(output, schema, compression="zstd")
+        enriched = merge_group.fn(group, lines, results, enrichments, writer.schema)
+        stages["merge"] += time.monotonic() - mark
+        mark = time.monotonic()
+        writer.write_table(enriched, row_group_size=ROW_GROUP_ROWS)
+        stages["write"] += time.monotonic() - mark
+        rows += group.num_rows
+        index += 1
+    mark = time.monotonic()
+    if writer is not None:
+        writer.close()
+    stages["write"] += time.monotonic() - mark
+    return {
+        "seconds": time.monotonic() - started,
+        "stages": stages,
+        "lines": lines_sent,
+        "rows": rows,
+        "peak_rss_mb": _peak_rss_mb(),
+        "output": str(output),
+    }
+
+
+# --------------------------------------------------------------------------- parent
+
+
+def _child_env(prefect_home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        PREFECT_HOME=str(prefect_home),
+        PREFECT_LOGGING_LEVEL="WARNING",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+    )
+    return env
+
+
+def run_child(kind: str, args: argparse.Namespace, source: str, work: Path) -> dict[str, Any]:
+    result = work / f"{kind}.json"
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        kind,
+        "--source",
+        source,
+        "--destination",
+        str(work / f"{kind}-output"),
+        "--result",
+        str(result),
+        "--group-size",
+        str(args.group_size),
+        "--shard-size",
+        str(args.shard_size),
+        "--max-in-flight",
+        str(args.max_in_flight),
+        "--poll",
+        str(args.poll),
+    ]
+    started = time.monotonic()
+    completed = subprocess.run(command, env=_child_env(work / "prefect-home"), check=False)
+    if completed.returncode != 0:
+        raise SystemExit(f"the {kind} run failed (exit {completed.returncode}); see above")
+    measured = json.loads(result.read_text())
+    measured["process_seconds"] = time.monotonic() - started
+    return measured
+
+
+def _aligned_batches(path: str, columns: list[str]) -> Iterator[Any]:
+    import pyarrow.parquet as pq
+
+    yield from pq.ParquetFile(path).iter_batches(batch_size=4096, columns=columns)
+
+
+def same_output(flow_path: str, baseline_path: str) -> bool:
+    """Both files hold the same rows in the same order (metadata aside), read in batches."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(flow_path)
+    if schema.remove_metadata() != pq.read_schema(baseline_path).remove_metadata():
+        return False
+    left, right = pa.table({}), pa.table({})
+    flows = _aligned_batches(flow_path, schema.names)
+    bases = _aligned_batches(baseline_path, schema.names)
+    while True:
+        if left.num_rows == 0:
+            batch = next(flows, None)
+            left = pa.Table.from_batches([batch]) if batch is not None else left
+        if right.num_rows == 0:
+            batch = next(bases, None)
+            right = pa.Table.from_batches([batch]) if batch is not None else right
+        if left.num_rows == 0 or right.num_rows == 0:
+            return left.num_rows == right.num_rows
+        size = min(left.num_rows, right.num_rows)
+        if not left.slice(0, size).equals(right.slice(0, size)):
+            return False
+        left, right = left.slice(size), right.slice(size)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = "  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(out)
+
+
+def summary_row(size: int, flow: dict[str, Any], base: dict[str, Any], same: bool) -> list[str]:
+    return [
+        f"{size:,}",
+        f"{flow['seconds']:.1f}",
+        f"{base['seconds']:.1f}",
+        f"{flow['seconds'] / base['seconds']:.2f}",
+        f"{size / flow['seconds']:.0f}",
+        f"{size / base['seconds']:.0f}",
+        f"{flow['batches'] / flow['seconds']:.1f}",
+        f"{flow['peak_rss_mb']:.0f}",
+        f"{base['peak_rss_mb']:.0f}",
+        f"{flow['server_peak_rss_mb']:.0f}",
+        f"{flow['startup_seconds']:.1f}",
+        "yes" if same else "NO",
+    ]
+
+
+SUMMARY_HEADERS = [
+    "docs",
+    "flow s",
+    "baseline s",
+    "ratio",
+    "flow docs/s",
+    "base docs/s",
+    "batches/s",
+    "flow RSS MB",
+    "base RSS MB",
+    "server RSS MB",
+    "start s",
+    "same output",
+]
+
+
+def stage_table(flow: dict[str, Any], base: dict[str, Any]) -> str:
+    flow_stages = list(flow["stages"].items())
+    base_stages = list(base["stages"].items())
+    rows = []
+    for i in range(max(len(flow_stages), len(base_stages))):
+        f = flow_stages[i] if i < len(flow_stages) else ("", None)
+        b = base_stages[i] if i < len(base_stages) else ("", None)
+        rows.append(
+            [
+                f[0],
+                "" if f[1] is None else f"{f[1]:.1f}",
+                b[0],
+                "" if b[1] is None else f"{b[1]:.1f}",
+            ]
+        )
+    return _table(["flow stage", "s", "baseline stage", "s"], rows)
+
+
+def bench_size(size: int, args: argparse.Namespace) -> list[str]:
+    from flows.sample_corpus import write_corpus
+
+    work = Path(tempfile.mkdtemp(prefix=f"bench-pipeline-{size}-", dir=args.workdir))
+    try:
+        started = time.monotonic()
+        source = write_corpus(str(work / "corpus" / "docs.parquet"), size, args.seed, args.chars)
+        print(f"\n== {size:,} documents (corpus written in {time.monotonic() - started:.1f} s)")
+        flow = run_child("flow", args, source, work)
+        print(f"   flow      {flow['seconds']:.1f} s ({flow['batches']} batches)")
+        base = run_child("baseline", args, source, work)
+        print(f"   baseline  {base['seconds']:.1f} s")
+        same = same_output(flow["output"], base["output"])
+        row = summary_row(size, flow, base, same)
+        print()
+        print(_table(SUMMARY_HEADERS, [row]))
+        print()
+        print(stage_table(flow, base))
+        return row
+    finally:
+        if args.keep:
+            print(f"   kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES))
+    parser.add_argument("--million", action="store_true", help="also run 1,000,000 documents")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folders")
+    parser.add_argument("--workdir", default=None, help="where temporary folders go")
+    parser.add_argument("--chars", type=int, default=2000, help="characters per document")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--group-size", type=int, default=5000)
+    parser.add_argument("--shard-size", type=int, default=50)
+    parser.add_argument("--max-in-flight", type=int, default=16)
+    parser.add_argument("--poll", type=float, default=0.05)
+    parser.add_argument("--child", choices=["flow", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--source", help=argparse.SUPPRESS)
+    parser.add_argument("--destination", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        measured = (child_flow if args.child == "flow" else child_baseline)(args)
+        Path(args.result).write_text(json.dumps(measured))
+        return 0
+
+    sizes = list(args.sizes) + ([1_000_000] if args.million else [])
+    print(
+        f"enrich-documents vs in-process baseline: 3 enrichments, {args.chars}-char documents, "
+        f"groups of {args.group_size}, {args.shard_size}-line batches, "
+        f"max_in_flight {args.max_in_flight}, poll {args.poll} s"
+    )
+    rows = [bench_size(size, args) for size in sizes]
+    if len(rows) > 1:
+        print("\nAll sizes:")
+        print(_table(SUMMARY_HEADERS, rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
