@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,10 +39,21 @@ def _release() -> None:
     _users -= 1
     if _users > 0 or _server is None:
         return
+    _drain_prefect_workers()
     _server.stop()
     if _home is not None:
         shutil.rmtree(_home, ignore_errors=True)
     _server, _home = None, None
+
+
+def _drain_prefect_workers() -> None:
+    """Send queued logs and events while the server still answers, not at interpreter exit."""
+    if "prefect.logging.handlers" in sys.modules:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
 
 
 @pytest.fixture(scope="session")
