@@ -95,6 +95,7 @@ def _enrich_group(
             options["deadline"],
             options["timeout_seconds"],
             window,
+            run_started=options["run_started"],
         )
         report.batches_submitted += round_report.submitted
         report.batches_reattached += round_report.reattached
@@ -221,6 +222,7 @@ def enrich_documents(
             "poll_interval_seconds": poll_interval_seconds or backend.poll_interval_seconds,
             "timeout_seconds": timeout_seconds,
             "deadline": time.monotonic() + timeout_seconds,
+            "run_started": time.time(),
             "max_in_flight": max_in_flight,
             "max_line_attempts": max_line_attempts,
         }

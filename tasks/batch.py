@@ -179,8 +179,8 @@ class _Driver:
         self.client = client
         self.max_in_flight = max_in_flight
         self.on_recorded = on_recorded
+        self.logger = get_run_logger()
         self.records: dict[str, BatchRecord] = {}
-        self.submitted = 0
         self.reattached = 0
         for shard in shards:
             record = state.load_batch(shard.shard_id)
@@ -200,13 +200,20 @@ class _Driver:
 
     async def _submit(self, record: BatchRecord) -> None:
         items, _ = _line_models(self.state.read_shard(record.shard_id))
+        if record.status == BatchStatusValue.SUBMITTING:
+            self.logger.warning(
+                "shard %s was being submitted when an earlier run stopped; the API cannot "
+                "say whether that request arrived, so it is submitted again",
+                record.shard_id,
+            )
+        record.status = BatchStatusValue.SUBMITTING
+        self.state.save_batch(record)
         batch = await self.client.submit(items)
         record.batch_id = batch.id
         record.status = BatchStatusValue.SUBMITTED
         record.api_status = batch.status.value
         record.submitted_at = time.time()
         self.state.save_batch(record)
-        self.submitted += 1
 
     async def _record(self, record: BatchRecord, batch: Batch) -> None:
         shard = self.shards[record.shard_id]
@@ -254,7 +261,11 @@ class _Driver:
             open_count = sum(1 for r in unfinished if r.batch_id is not None)
             fresh = [r for r in unfinished if r.batch_id is None]
             slots = max(0, self.max_in_flight - open_count)
-            await asyncio.gather(*(self._submit(r) for r in fresh[:slots]))
+            # One submission at a time, each recorded as soon as it is answered: a crash can
+            # then lose at most the answer to the single request on the wire (the API has no
+            # idempotency key or batch listing to recover it; see README, "Resume").
+            for record in fresh[:slots]:
+                await self._submit(record)
             opened = [r for r in self.unfinished() if r.batch_id is not None]
             finished = await asyncio.gather(*(self._poll(r) for r in opened))
             if not self.unfinished():
@@ -283,9 +294,14 @@ def run_shards(
     deadline: float,
     timeout_seconds: float,
     polling_window_seconds: float = 60.0,
+    run_started: float = 0.0,
     on_recorded: Callable[[BatchRecord], None] | None = None,
 ) -> RoundReport:
-    """Submit what was never submitted, wait for every batch, record the decoded output."""
+    """Submit what was never submitted, wait for every batch, record the decoded output.
+
+    The report counts batches this run submitted (at or after `run_started`, wall clock)
+    apart from batches an earlier run submitted and this one reattached to.
+    """
     logger = get_run_logger()
     window_end = time.monotonic() + polling_window_seconds
 
@@ -298,11 +314,11 @@ def run_shards(
             return driver
 
     driver = asyncio.run(drive())
-    records = driver.records.values()
+    records = [r for r in driver.records.values() if r.submitted_at is not None]
     return RoundReport(
         shards=len(shards),
-        submitted=driver.submitted,
-        reattached=driver.reattached,
+        submitted=sum(r.submitted_at >= run_started for r in records),
+        reattached=sum(r.submitted_at < run_started for r in records),
         lines_ok=sum(r.completed for r in records),
         lines_failed=sum(r.failed for r in records),
         prompt_tokens=sum(r.prompt_tokens for r in records),

@@ -48,6 +48,7 @@ RESULT_SCHEMA = pa.schema(
 
 
 class BatchStatusValue:
+    SUBMITTING = "submitting"  # written just before the POST: an answer may be lost in a crash
     SUBMITTED = "submitted"  # accepted by the API, not terminal yet
     COMPLETED = "completed"  # terminal on the API side, output not yet recorded
     FAILED = "failed"  # the whole batch failed on the API side
