@@ -89,7 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     logs = home / "serve-logs"
     started: list[Child] = []
-    # Until Prefect's runner installs its own handler, SIGTERM unwinds like Ctrl-C.
+    # Ctrl-C raises KeyboardInterrupt even when started from a shell that ignores SIGINT in
+    # background jobs; until Prefect's runner installs its own handler, SIGTERM does the same.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         if args.api_url:
