@@ -38,7 +38,7 @@ class Backend:
 def _settings(block: BatchApi, key: SecretStr | None) -> ApiSettings:
     return ApiSettings(
         base_url=block.base_url,
-        api_key=lambda: key.get_secret_value() if key is not None else None,
+        api_key=key,
         timeout_seconds=block.request_timeout_seconds,
         max_lines=block.max_lines_per_batch,
         max_bytes=block.max_bytes_per_batch,

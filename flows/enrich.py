@@ -11,105 +11,34 @@ import json
 import math
 import sys
 import time
+from collections import deque
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
     update_progress_artifact,
 )
-from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import Field
 
 from batchapi.models import BatchLimits
 from flows.backend import Backend, resolve_backend
+from flows.group import GroupOptions, GroupOutcome, enrich_group
 from flows.report import EnrichmentCounts, EnrichReport
-from tasks.batch import RETRYABLE_LINE_CODES, run_shards
-from tasks.merge import OutputWriter, merge_group, output_schema, results_for
-from tasks.read import Source, iter_groups, validate_source
-from tasks.shard import GroupLines, build_group_lines, plan_shards
+from tasks.merge import OutputWriter, merge_group, output_schema
+from tasks.read import iter_groups, validate_source
 from tasks.spec import Enrichment, parse_enrichments, spec_hash
 from tasks.state import RunState
 from tasks.storage import StorageSettings
 
 DEFAULT_TIMEOUT_SECONDS = 6 * 3600
-
-
-def _polling_window(poll_interval: float) -> float:
-    """How long one `run-batches` attempt polls before handing back to Prefect for a retry."""
-    return min(60.0, max(5.0, 10 * poll_interval))
-
-
-@task(name="prepare-group", cache_policy=NO_CACHE)
-def prepare_group(
-    group: pa.Table,
-    index: int,
-    enrichments: list[Enrichment],
-    source: Source,
-    state: RunState,
-    incremental: bool,
-) -> GroupLines:
-    """Build the group's request lines; in incremental mode, carry over unchanged results."""
-    lines = build_group_lines(group, index, enrichments, source.id_column, source.text_column)
-    previous = state.previous_results() if incremental else None
-    if previous is not None:
-        for custom_id, row in previous.lookup(list(lines.requests)).items():
-            if row["error"] is None or row["error_code"] not in RETRYABLE_LINE_CODES:
-                lines.known[custom_id] = row
-                lines.carried_over[lines.enrichment_of(custom_id)] += 1
-    return lines
-
-
-def _enrich_group(
-    lines: GroupLines,
-    state: RunState,
-    backend: Backend,
-    limits: BatchLimits,
-    options: dict[str, Any],
-    report: EnrichReport,
-) -> pa.Table:
-    """All rounds of one group: send what is pending, retry retryable line failures."""
-    recorded: list[pa.Table] = []
-    pending = [c for c in lines.requests if c not in lines.known]
-    poll = options["poll_interval_seconds"]
-    window = _polling_window(poll)
-    runner = run_shards.with_options(
-        retries=math.ceil(options["timeout_seconds"] / window) + 10,
-        retry_delay_seconds=poll,
-    )
-    for attempt in range(1, options["max_line_attempts"] + 1):
-        if not pending:
-            break
-        shards = plan_shards(lines, pending, attempt, limits, state)
-        round_report = runner.with_options(task_run_name=f"run-batches-g{lines.index}-a{attempt}")(
-            shards,
-            state,
-            backend.api,
-            options["max_in_flight"],
-            poll,
-            options["deadline"],
-            options["timeout_seconds"],
-            window,
-            run_started=options["run_started"],
-        )
-        report.batches_submitted += round_report.submitted
-        report.batches_reattached += round_report.reattached
-        report.lines_sent += sum(len(s.custom_ids) for s in shards)
-        report.prompt_tokens += round_report.prompt_tokens
-        tables = [state.read_results(s.shard_id) for s in shards]
-        round_results = pa.concat_tables([t for t in tables if t is not None])
-        recorded.append(round_results)
-        codes = round_results.column("error_code").to_pylist()
-        ids = round_results.column("custom_id").to_pylist()
-        pending = [c for c, code in zip(ids, codes, strict=True) if code in RETRYABLE_LINE_CODES]
-    results = results_for(lines, recorded)
-    state.write_group(lines.key, results)
-    return results
 
 
 def _count(enriched: pa.Table, enrichments: list[Enrichment], report: EnrichReport) -> None:
@@ -186,6 +115,13 @@ def enrich_documents(
     group_size: Annotated[
         int, Field(ge=1, description="Documents read, sent and merged together.")
     ] = 5000,
+    parallel_groups: Annotated[
+        int, Field(ge=1, le=64, description="Groups enriched side by side.")
+    ] = 2,
+    task_runner: Annotated[
+        Literal["thread", "dask"],
+        Field(description="thread: in this process; dask: a local Dask cluster's processes."),
+    ] = "thread",
     storage_block: Annotated[
         str | None, Field(description="S3Storage block for s3:// paths; default: AWS env.")
     ] = None,
@@ -213,46 +149,64 @@ def enrich_documents(
             generation=state.generation,
             resumed=state.resumed,
             rows_in=resolved.num_rows,
+            enrichments={e.name: EnrichmentCounts() for e in enrichments},
         )
-        limits = BatchLimits(
-            max_lines=min(shard_size or backend.api.max_lines, backend.api.max_lines),
-            max_bytes=backend.api.max_bytes,
+        options = GroupOptions(
+            limits=BatchLimits(
+                max_lines=min(shard_size or backend.api.max_lines, backend.api.max_lines),
+                max_bytes=backend.api.max_bytes,
+            ),
+            # The in-flight budget is shared by the groups that run side by side.
+            max_in_flight=max(1, max_in_flight // parallel_groups),
+            poll_interval_seconds=poll_interval_seconds or backend.poll_interval_seconds,
+            timeout_seconds=timeout_seconds,
+            deadline=time.time() + timeout_seconds,
+            run_started=time.time(),
+            max_line_attempts=max_line_attempts,
+            incremental=mode == "incremental",
         )
-        options = {
-            "poll_interval_seconds": poll_interval_seconds or backend.poll_interval_seconds,
-            "timeout_seconds": timeout_seconds,
-            "deadline": time.monotonic() + timeout_seconds,
-            "run_started": time.time(),
-            "max_in_flight": max_in_flight,
-            "max_line_attempts": max_line_attempts,
-        }
         total_groups = max(1, math.ceil(resolved.num_rows / group_size))
         progress = create_progress_artifact(
             progress=0.0,
             key="enrich-progress",
-            description=f"Groups of {group_size} documents enriched out of {total_groups}",
+            description=f"Groups of {group_size} documents enriched, out of {total_groups}",
         )
         writer: OutputWriter | None = None
         try:
-            for index, group in enumerate(iter_groups(resolved, group_size)):
-                lines = prepare_group(
-                    group, index, enrichments, resolved, state, mode == "incremental"
-                )
-                for name in {e.name for e in enrichments}:
-                    report.enrichments.setdefault(name, EnrichmentCounts())
-                results = state.read_group(lines.key)
-                if results is None:
-                    results = _enrich_group(lines, state, backend, limits, options, report)
-                _carried(lines, report)
-                if writer is None:
-                    metadata = _provenance(backend, enrichments, state, mode)
-                    schema = output_schema(group.schema, enrichments, metadata)
-                    writer = OutputWriter(state, schema)
-                enriched = merge_group(group, lines, results, enrichments, writer.schema)
-                writer.write(enriched)
-                _count(enriched, enrichments, report)
-                report.groups += 1
-                update_progress_artifact(progress, 100.0 * report.groups / total_groups)
+            with make_task_runner(task_runner, parallel_groups) as runner:
+                in_flight: deque[tuple[pa.Table, PrefectFuture[GroupOutcome]]] = deque()
+
+                def merge_next() -> None:
+                    nonlocal writer
+                    group, future = in_flight.popleft()
+                    outcome = future.result()
+                    if writer is None:
+                        metadata = _provenance(backend, enrichments, state, mode)
+                        writer = OutputWriter(
+                            state, output_schema(group.schema, enrichments, metadata)
+                        )
+                    enriched = merge_group(
+                        group, outcome.lines, outcome.results, enrichments, writer.schema
+                    )
+                    writer.write(enriched)
+                    _tally(report, outcome, enriched, enrichments)
+                    update_progress_artifact(progress, 100.0 * report.groups / total_groups)
+
+                for index, group in enumerate(iter_groups(resolved, group_size)):
+                    parameters = {
+                        "group": group,
+                        "index": index,
+                        "enrichments": enrichments,
+                        "source": resolved,
+                        "state": state,
+                        "api": backend.api,
+                        "options": options,
+                    }
+                    in_flight.append((group, runner.submit(enrich_group, parameters)))
+                    if len(in_flight) >= parallel_groups:
+                        merge_next()
+                while in_flight:
+                    merge_next()
             if writer is None:
                 raise RuntimeError("the source yielded no rows")
             report.output_path = writer.commit()
@@ -276,9 +230,45 @@ def enrich_documents(
     return report
 
 
-def _carried(lines: GroupLines, report: EnrichReport) -> None:
-    for name, count in lines.carried_over.items():
+def make_task_runner(kind: str, parallel_groups: int) -> TaskRunner:
+    """Threads by default; `dask` spreads groups over a local Dask cluster's processes."""
+    if kind == "dask":
+        from prefect.settings import PREFECT_API_URL
+
+        if not PREFECT_API_URL.value():
+            raise ValueError(
+                "task_runner='dask' runs tasks in worker processes that must reach a Prefect "
+                "server: start one (`prefect server start`) and set PREFECT_API_URL, or use "
+                "task_runner='thread'"
+            )
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError:
+            raise ValueError(
+                "task_runner='dask' needs prefect-dask: pip install 'batch-enrich[dask]'"
+            ) from None
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": parallel_groups,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+            }
+        )
+    return ThreadPoolTaskRunner(max_workers=parallel_groups)
+
+
+def _tally(
+    report: EnrichReport, outcome: GroupOutcome, enriched: pa.Table, enrichments: list[Enrichment]
+) -> None:
+    report.groups += 1
+    report.batches_submitted += outcome.batches_submitted
+    report.batches_reattached += outcome.batches_reattached
+    report.lines_sent += outcome.lines_sent
+    report.prompt_tokens += outcome.prompt_tokens
+    for name, count in outcome.lines.carried_over.items():
         report.enrichments[name].carried_over += count
+    _count(enriched, enrichments, report)
 
 
 def _storage_settings(block_name: str | None) -> StorageSettings | None:

@@ -18,11 +18,12 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import SecretStr
 
 from batchapi.client import (
     AsyncBatchApiClient,
@@ -30,7 +31,7 @@ from batchapi.client import (
     SubmitOutcomeUnknownError,
     TerminalApiError,
 )
-from batchapi.models import Batch, BatchStatus, DecodeError, OutputLine
+from batchapi.models import Batch, BatchLimits, BatchStatus, DecodeError, OutputLine
 from tasks.shard import Shard
 from tasks.state import BatchRecord, BatchStatusValue, RunState, results_table
 
@@ -62,11 +63,12 @@ class BatchWaitTimeout(Exception):
 
 @dataclass(frozen=True)
 class ApiSettings:
-    """What a task needs to reach the API. The key is a SecretStr-backed callable's output,
-    never a plain attribute, so it stays out of reprs and Prefect's parameter records."""
+    """What a task needs to reach the API; picklable, so tasks can run on other processes.
+
+    The key stays a `SecretStr` until the client puts it in a header."""
 
     base_url: str
-    api_key: Callable[[], str | None]
+    api_key: SecretStr | None = field(default=None, repr=False)
     timeout_seconds: float = 30.0
     max_lines: int = 50
     max_bytes: int = 10_000_000
@@ -75,11 +77,9 @@ class ApiSettings:
         return f"ApiSettings(base_url={self.base_url!r}, api_key='********')"
 
     def client(self) -> AsyncBatchApiClient:
-        from batchapi.models import BatchLimits
-
         return AsyncBatchApiClient(
             self.base_url,
-            self.api_key(),
+            self.api_key,
             timeout=self.timeout_seconds,
             limits=BatchLimits(max_lines=self.max_lines, max_bytes=self.max_bytes),
         )
@@ -270,7 +270,7 @@ class _Driver:
             finished = await asyncio.gather(*(self._poll(r) for r in opened))
             if not self.unfinished():
                 return
-            now = time.monotonic()
+            now = time.time()
             if now >= deadline:
                 raise BatchWaitTimeout(self.open_ids(), timeout)
             if now >= window_end:
@@ -303,7 +303,7 @@ def run_shards(
     apart from batches an earlier run submitted and this one reattached to.
     """
     logger = get_run_logger()
-    window_end = time.monotonic() + polling_window_seconds
+    window_end = time.time() + polling_window_seconds
 
     async def drive() -> _Driver:
         async with api.client() as client:

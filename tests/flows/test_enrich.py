@@ -280,3 +280,24 @@ def test_command_line_entry_point(prefect_api, corpus, api, tmp_path: Path, caps
     assert main(["--params", str(job)]) == 0
     assert json.loads(capsys.readouterr().out)["rows_in"] == 5
     assert read_output(str(tmp_path / "out")).num_rows == 5
+
+
+def test_dask_task_runner_spreads_groups_over_processes(
+    prefect_api, run_flow, corpus, api, tmp_path: Path, monkeypatch
+) -> None:
+    # Dask worker processes reach the same Prefect server through the environment.
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)
+    emulator = api()
+    source = corpus(24)
+    destination = str(tmp_path / "out")
+    report = run_flow(
+        source=source,
+        destination=destination,
+        batch_api=emulator.base_url,
+        task_runner="dask",
+        parallel_groups=2,
+        group_size=6,
+    )
+    assert report.groups == 4
+    assert_complete(read_output(destination), pq.read_table(source))
+    assert emulator.stats()["lines_received"] == 24 * 3
