@@ -14,15 +14,21 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 import socket  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
+
+from batchapi.emulator.runner import RunningEmulator, start_emulator  # noqa: E402
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+TEST_API_KEY = "test-key"
 
 
 @pytest.fixture(scope="session")
@@ -79,3 +85,22 @@ def prefect_api() -> Iterator[str]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture
+def emulator_factory() -> Iterator[Callable[..., RunningEmulator]]:
+    """`emulator_factory(**config_overrides)` starts an emulator; all are stopped at teardown.
+
+    The api key defaults to "test-key"; pass `api_key=None` to turn authentication off.
+    """
+    started: list[RunningEmulator] = []
+
+    def start(**overrides: Any) -> RunningEmulator:
+        overrides.setdefault("api_key", TEST_API_KEY)
+        running = start_emulator(**overrides)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()

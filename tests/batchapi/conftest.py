@@ -3,35 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import httpx
 import pytest
 
-from batchapi.emulator.runner import RunningEmulator, start_emulator
+from batchapi.emulator.runner import RunningEmulator
 from batchapi.models import Batch
-
-TEST_API_KEY = "test-key"
-
-
-@pytest.fixture
-def emulator_factory() -> Iterator[Callable[..., RunningEmulator]]:
-    """`emulator_factory(**config_overrides)` starts an emulator; all are stopped at teardown.
-
-    The api key defaults to "test-key"; pass `api_key=None` to turn authentication off.
-    """
-    started: list[RunningEmulator] = []
-
-    def start(**overrides: Any) -> RunningEmulator:
-        overrides.setdefault("api_key", TEST_API_KEY)
-        running = start_emulator(**overrides)
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        running.stop()
+from tests.conftest import TEST_API_KEY  # noqa: F401 - re-exported for the tests here
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchapi.emulator.runner import RunningEmulator, start_emulator
+from batchapi.emulator.runner import RunningEmulator
 
 FLOW_TEST_KEY = "flow-test-key-6f1c"
 
@@ -68,23 +69,15 @@ def corpus(tmp_path: Path) -> Callable[..., str]:
 
 
 @pytest.fixture
-def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., RunningEmulator]]:
+def api(
+    emulator_factory: Callable[..., RunningEmulator], monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., RunningEmulator]:
     """`api(**emulator_config)` starts an emulator and points BATCH_API_KEY at its key.
 
     The flow then reaches it as `batch_api=emulator.base_url`, over real HTTP.
     """
-    started: list[RunningEmulator] = []
     monkeypatch.setenv("BATCH_API_KEY", FLOW_TEST_KEY)
-
-    def start(**overrides: Any) -> RunningEmulator:
-        overrides.setdefault("api_key", FLOW_TEST_KEY)
-        running = start_emulator(**overrides)
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        running.stop()
+    return functools.partial(emulator_factory, api_key=FLOW_TEST_KEY)
 
 
 @pytest.fixture
