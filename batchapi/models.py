@@ -107,9 +107,7 @@ class ClassifyBody(_Body):
 
 
 RequestBody = Annotated[ExtractBody | SummarizeBody | ClassifyBody, Field(discriminator="model")]
-BODY_ADAPTER: TypeAdapter[ExtractBody | SummarizeBody | ClassifyBody] = TypeAdapter(
-    RequestBody
-)
+BODY_ADAPTER: TypeAdapter[ExtractBody | SummarizeBody | ClassifyBody] = TypeAdapter(RequestBody)
 
 
 class RequestLine(BaseModel):

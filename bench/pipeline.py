@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="where temporary folders go")
     parser.add_argument("--chars", type=int, default=2000, help="characters per document")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--group-size", type=int, default=5000)
+    parser.add_argument("--group-size", type=int, default=2000)
     parser.add_argument("--shard-size", type=int, default=50)
     parser.add_argument("--max-in-flight", type=int, default=16)
     parser.add_argument("--poll", type=float, default=0.05)

@@ -56,18 +56,26 @@ def load_block(name: str) -> BatchApi:
         ) from None
 
 
+def embedded_workers() -> int:
+    """Engine processes of the embedded emulator: one per core, so batches run in parallel."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 @contextmanager
-def resolve_backend(batch_api: str) -> Iterator[Backend]:
+def resolve_backend(batch_api: str, embedded_db: str | None = None) -> Iterator[Backend]:
+    """`embedded_db` keeps the embedded emulator's batches on disk, so a rerun after a crash
+    finds the batches the crashed run submitted."""
     if batch_api == EMBEDDED:
-        from batchapi.emulator.runner import running_emulator
+        from batchapi.emulator.runner import emulator_process
 
         key = SecretStr(secrets.token_urlsafe(24))
-        with running_emulator(api_key=key.get_secret_value()) as emulator:
+        # A child process: the engine and its HTTP server get their own interpreter lock.
+        with emulator_process(
+            api_key=key.get_secret_value(), db_path=embedded_db, workers=embedded_workers()
+        ) as emulator:
             block = BatchApi(
                 base_url=emulator.base_url,
                 api_key=key,
-                max_lines_per_batch=emulator.config.max_lines,
-                max_bytes_per_batch=emulator.config.max_bytes,
                 poll_interval_seconds=0.5,
             )
             yield Backend(_settings(block, key), "embedded-emulator (heuristic engine)", 0.5, block)

@@ -39,6 +39,8 @@ from tasks.state import RunState
 from tasks.storage import StorageSettings
 
 DEFAULT_TIMEOUT_SECONDS = 6 * 3600
+# The embedded emulator's database: kept until the run succeeds, so a rerun can resume.
+EMBEDDED_DB = "embedded-emulator.sqlite"
 
 
 def _count(enriched: pa.Table, enrichments: list[Enrichment], report: EnrichReport) -> None:
@@ -114,7 +116,7 @@ def enrich_documents(
     ] = 3,
     group_size: Annotated[
         int, Field(ge=1, description="Documents read, sent and merged together.")
-    ] = 5000,
+    ] = 2000,
     parallel_groups: Annotated[
         int, Field(ge=1, le=64, description="Groups enriched side by side.")
     ] = 2,
@@ -140,7 +142,7 @@ def enrich_documents(
         resolved.num_rows,
         source,
     )
-    with resolve_backend(batch_api) as backend:
+    with resolve_backend(batch_api, state.local_path(EMBEDDED_DB)) as backend:
         report = EnrichReport(
             source=source,
             destination=destination,
@@ -216,6 +218,7 @@ def enrich_documents(
             state.finish(succeeded=False)
             raise
     state.finish(succeeded=True)
+    state.remove_local(EMBEDDED_DB)
     report.seconds = round(time.monotonic() - started, 2)
     create_markdown_artifact(
         key="enrich-report", markdown=report.to_markdown(), description="Enrichment run report"
@@ -252,7 +255,8 @@ def make_task_runner(kind: str, parallel_groups: int) -> TaskRunner:
                 "n_workers": parallel_groups,
                 "threads_per_worker": 1,
                 "processes": True,
-                "dashboard_address": None,
+                # None would still bind :8787 on every interface.
+                "dashboard_address": "127.0.0.1:0",
             }
         )
     return ThreadPoolTaskRunner(max_workers=parallel_groups)

@@ -31,9 +31,25 @@ from batchapi.client import (
     SubmitOutcomeUnknownError,
     TerminalApiError,
 )
-from batchapi.models import Batch, BatchLimits, BatchStatus, DecodeError, OutputLine
+from batchapi.models import (
+    Batch,
+    BatchLimits,
+    BatchStatus,
+    ClassifyResult,
+    DecodeError,
+    ExtractResult,
+    OutputLine,
+    SummarizeResult,
+)
 from tasks.shard import Shard
 from tasks.state import BatchRecord, BatchStatusValue, RunState, results_table
+
+# What the results store keeps of each domain result: the fields the output is built from.
+STORED_FIELDS: dict[type, Any] = {
+    ExtractResult: {"entities": {"__all__": {"text", "type", "confidence", "start", "end"}}},
+    SummarizeResult: {"summary"},
+    ClassifyResult: {"top_label", "scores"},
+}
 
 # Per-line error codes (the API's own plus ours) that a new attempt may fix.
 RETRYABLE_LINE_CODES = frozenset({"server_error", "rate_limited", "batch_failed", "missing_output"})
@@ -149,7 +165,7 @@ def decode_output(
             rows.append(
                 {
                     "custom_id": custom_id,
-                    "result": result.model_dump_json(),
+                    "result": result.model_dump_json(include=STORED_FIELDS[type(result)]),
                     "error": None,
                     "error_code": None,
                     "attempts": shard.attempt,

@@ -8,10 +8,10 @@ it in place in one step (a rename locally, one server-side copy on S3), so a rea
 
 from __future__ import annotations
 
-import json
-
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -59,33 +59,70 @@ def output_schema(
     return pa.schema(fields, metadata=metadata)
 
 
-def _values(enrichment: Enrichment, results: list[str | None]) -> list[pa.Array]:
-    parsed = [json.loads(r) if r is not None else None for r in results]
+def _result_schema(enrichment: Enrichment) -> pa.Schema:
+    """The fields of a domain result that reach the output (others are ignored)."""
     if isinstance(enrichment, ExtractEnrichment):
-        entities = [
-            None
-            if p is None
-            else [
-                {
-                    "text": e["text"],
-                    "type": e["type"],
-                    "confidence": float(e["confidence"]),
-                    "start": e.get("start"),
-                    "end": e.get("end"),
-                }
-                for e in p["entities"]
-            ]
-            for p in parsed
-        ]
-        return [pa.array(entities, ENTITIES_TYPE)]
+        return pa.schema([("entities", ENTITIES_TYPE)])
     if isinstance(enrichment, SummarizeEnrichment):
-        return [pa.array([None if p is None else p["summary"] for p in parsed], pa.string())]
+        return pa.schema([("summary", pa.string())])
     assert isinstance(enrichment, ClassifyEnrichment)
-    labels = pa.array([None if p is None else p["top_label"] for p in parsed], pa.string())
-    scores = pa.array(
-        [None if p is None else list(p["scores"].items()) for p in parsed], SCORES_TYPE
+    scores = pa.struct([(label.name, pa.float64()) for label in enrichment.labels])
+    return pa.schema([("top_label", pa.string()), ("scores", scores)])
+
+
+def _parse(results: pa.Array | pa.ChunkedArray, schema: pa.Schema) -> pa.Table:
+    """Parse the JSON results with pyarrow, never as Python objects; one row per input, null
+    where there is no result."""
+    valid = pc.is_valid(results)
+    present = pc.filter(results, valid)
+    if len(present):
+        # The present values, one per line, as one buffer for the JSON reader.
+        lines = pc.binary_join_element_wise(present, pa.scalar("\n"), "").combine_chunks()
+        offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)
+        start, end = int(offsets[lines.offset]), int(offsets[lines.offset + len(lines)])
+        longest = pc.max(pc.binary_length(lines)).as_py()
+        parsed = pa_json.read_json(
+            pa.BufferReader(lines.buffers()[2].slice(start, end - start)),
+            # Small blocks bound the parser's working memory; a block must hold a whole line.
+            read_options=pa_json.ReadOptions(
+                block_size=max(1 << 20, 2 * longest), use_threads=False
+            ),
+            parse_options=pa_json.ParseOptions(
+                explicit_schema=schema, unexpected_field_behavior="ignore"
+            ),
+        )
+    else:
+        parsed = schema.empty_table()
+    flags = valid.to_numpy(zero_copy_only=False)
+    positions = np.cumsum(flags) - 1
+    return parsed.take(pa.array(positions, pa.int64(), mask=~flags))
+
+
+def _scores_map(scores: pa.ChunkedArray, labels: list[str]) -> pa.Array:
+    """struct<label: double, ...> -> map<string, double>, keeping null rows null."""
+    struct = scores.combine_chunks()
+    rows, width = len(struct), len(labels)
+    items = np.empty(rows * width, dtype=np.float64)
+    for column, _ in enumerate(labels):
+        items[column::width] = struct.field(column).to_numpy(zero_copy_only=False)
+    offsets = pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32))
+    mapped = pa.MapArray.from_arrays(
+        offsets, pa.array(labels * rows, pa.string()), pa.array(items), type=SCORES_TYPE
     )
-    return [labels, scores]
+    if struct.null_count:
+        mapped = pc.if_else(pc.is_valid(struct), mapped, pa.nulls(rows, SCORES_TYPE))
+    return mapped
+
+
+def _values(enrichment: Enrichment, results: pa.ChunkedArray) -> list[pa.Array]:
+    parsed = _parse(results, _result_schema(enrichment))
+    if isinstance(enrichment, ExtractEnrichment):
+        return [parsed.column("entities")]
+    if isinstance(enrichment, SummarizeEnrichment):
+        return [parsed.column("summary")]
+    assert isinstance(enrichment, ClassifyEnrichment)
+    labels = [label.name for label in enrichment.labels]
+    return [parsed.column("top_label"), _scores_map(parsed.column("scores"), labels)]
 
 
 @task(name="merge-group", cache_policy=NO_CACHE)
@@ -97,28 +134,27 @@ def merge_group(
     schema: pa.Schema,
 ) -> pa.Table:
     """The group's rows with every enrichment's columns, each row exactly once."""
-    joined = lines.lines.join(results, keys="custom_id", join_type="left outer")
+    # Match on custom_id (never on line order); a line without a result gets nulls.
+    matched = results.take(pc.index_in(lines.lines["custom_id"], value_set=results["custom_id"]))
+    joined = lines.lines.append_column("result", matched["result"]).append_column(
+        "error", matched["error"]
+    )
     columns: dict[str, pa.Array | pa.ChunkedArray] = {
         name: group.column(name) for name in group.column_names if name != READ_ERROR_COLUMN
     }
     for enrichment in enrichments:
-        part = joined.filter(pc.equal(joined["enrichment"], enrichment.name)).sort_by("row")
+        part = joined.filter(pc.equal(joined["enrichment"], enrichment.name))
         rows = part.column("row").to_pylist()
         if rows != list(range(group.num_rows)):
             raise RuntimeError(
                 f"results for {enrichment.name!r} do not cover the group's rows exactly once "
                 f"({len(rows)} results for {group.num_rows} rows)"
             )
-        result = part.column("result").to_pylist()
-        error = part.column("error").to_pylist()
-        error = [
-            NO_RESULT_ERROR if r is None and e is None else e
-            for r, e in zip(result, error, strict=True)
-        ]
+        result = part.column("result")
+        missing = pc.and_(pc.is_null(result), pc.is_null(part.column("error")))
+        error = pc.if_else(missing, pa.scalar(NO_RESULT_ERROR), part.column("error"))
         names = [f.name for f in enrichment_fields(enrichment)]
-        for name, values in zip(
-            names, [*_values(enrichment, result), pa.array(error, pa.string())], strict=True
-        ):
+        for name, values in zip(names, [*_values(enrichment, result), error], strict=True):
             columns[name] = values
     return pa.table(columns).select(schema.names).cast(schema)
 
@@ -155,15 +191,14 @@ class OutputWriter:
 
 
 def results_for(lines: GroupLines, recorded: list[pa.Table]) -> pa.Table:
-    """Every custom id of the group once: the latest attempt wins, known rows fill the rest."""
-    tables = [t for t in recorded if t.num_rows]
+    """Every custom id of the group once: known rows first, then each attempt in order, the
+    latest attempt winning."""
+    tables = []
     if lines.known:
         tables.append(pa.Table.from_pylist(list(lines.known.values()), schema=RESULT_SCHEMA))
+    tables.extend(t for t in recorded if t.num_rows)
     if not tables:
         return RESULT_SCHEMA.empty_table()
     combined = pa.concat_tables(tables)
-    # Keep the row with the highest attempt per custom id.
-    order = combined.sort_by([("custom_id", "ascending"), ("attempts", "descending")])
-    ids = order.column("custom_id").to_pylist()
-    keep = [i for i, c in enumerate(ids) if i == 0 or ids[i - 1] != c]
-    return order.take(pa.array(keep, pa.int64()))
+    latest = {custom_id: i for i, custom_id in enumerate(combined["custom_id"].to_pylist())}
+    return combined.take(pa.array(sorted(latest.values()), pa.int64()))

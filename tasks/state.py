@@ -17,7 +17,10 @@ carries over results from the last successful one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -29,6 +32,7 @@ import pyarrow.parquet as pq
 from tasks.storage import (
     StorageSettings,
     filesystem,
+    is_local,
     join,
     read_json,
     remove,
@@ -205,6 +209,21 @@ class RunState:
         if self._previous is None:
             self._previous = PreviousResults(self, self.last_succeeded)
         return self._previous
+
+    def local_path(self, name: str) -> str:
+        """A path on this machine that belongs to this destination (e.g. a SQLite file):
+        under `_state/` for a local destination, else in the temporary directory."""
+        if is_local(self.fs):
+            folder = self.state_root
+        else:
+            folder = os.path.join(tempfile.gettempdir(), f"batch-enrich-{digest(self.root)}")
+        os.makedirs(folder, exist_ok=True)
+        return os.path.join(folder, name)
+
+    def remove_local(self, name: str) -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.local_path(name) + suffix)
 
     # ------------------------------------------------------------------ paths
 
