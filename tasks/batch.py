@@ -28,6 +28,7 @@ from pydantic import SecretStr
 from batchapi.client import (
     AsyncBatchApiClient,
     BatchApiError,
+    NotFoundError,
     SubmitOutcomeUnknownError,
     TerminalApiError,
 )
@@ -257,7 +258,19 @@ class _Driver:
 
     async def _poll(self, record: BatchRecord) -> bool:
         assert record.batch_id is not None
-        batch = await self.client.get(record.batch_id)
+        try:
+            batch = await self.client.get(record.batch_id)
+        except NotFoundError:
+            # The API no longer knows the batch (expired, or an emulator without its
+            # database): its lines were never delivered, so the shard is submitted again.
+            self.logger.warning(
+                "batch %s of shard %s is unknown to the API; submitting the shard again",
+                record.batch_id,
+                record.shard_id,
+            )
+            record.batch_id, record.status = None, "lost"
+            self.state.save_batch(record)
+            return False
         if batch.status.value != record.api_status:
             record.api_status = batch.status.value
             self.state.save_batch(record)
