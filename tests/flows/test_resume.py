@@ -296,3 +296,20 @@ def test_s3_write_error_keeps_the_previous_dataset(
     assert fs.cat_file(f"{s3_bucket}/enriched/enriched.parquet") == before
     previous = ds.dataset(f"{s3_bucket}/enriched", format="parquet", filesystem=fs).to_table()
     assert previous.num_rows == 8
+
+
+def test_batches_the_api_forgot_are_submitted_again(run_flow, corpus, api, tmp_path: Path) -> None:
+    slow = api(latency=30.0)
+    destination = str(tmp_path / "out")
+    source = corpus(10)
+    with pytest.raises(BatchWaitTimeout):
+        run_flow(source=source, destination=destination, batch_api=slow.base_url, timeout_seconds=1)
+    forgotten = slow.stats()["batches_created"]
+    slow.stop()
+
+    fresh = api()  # a new database: the batches of the first run are unknown here
+    report = run_flow(source=source, destination=destination, batch_api=fresh.base_url)
+    assert report.resumed
+    assert fresh.stats()["batches_created"] == forgotten == report.batches_submitted
+    assert sum(output_ids(destination).values()) == 10
+    assert ds.dataset(destination).to_table().column("summary_error").null_count == 10
