@@ -17,7 +17,7 @@ from batchapi.models import BatchLimits
 from tasks.batch import RETRYABLE_LINE_CODES, ApiSettings, run_shards
 from tasks.merge import results_for
 from tasks.read import Source
-from tasks.shard import GroupLines, build_group_lines, plan_shards
+from tasks.shard import GroupLines, build_group_lines, plan_shards, set_aside_oversized
 from tasks.spec import Enrichment
 from tasks.state import RunState
 
@@ -66,6 +66,7 @@ def _rounds(
     outcome = GroupOutcome(lines, pa.table({}))
     recorded: list[pa.Table] = []
     pending = [c for c in lines.requests if c not in lines.known]
+    pending = set_aside_oversized(lines, pending, options.limits)
     window = options.polling_window_seconds
     runner = run_shards.with_options(
         retries=math.ceil(options.timeout_seconds / window) + 10,

@@ -26,6 +26,7 @@ from tasks.state import RunState, digest
 # Errors that are the document's, not the API's: recorded without sending anything.
 EMPTY_TEXT_ERROR = "text is empty or null; nothing was sent (fill the text column to enrich it)"
 SKIPPED_CODE = "skipped"
+TOO_LARGE_CODE = "too_large"
 
 
 def custom_id_for(doc_id: str, enrichment: Enrichment, text: str) -> str:
@@ -150,6 +151,27 @@ def split_into_shards(
         size += line_bytes
     close()
     return shards
+
+
+def set_aside_oversized(lines: GroupLines, pending: list[str], limits: BatchLimits) -> list[str]:
+    """Lines that cannot fit in any batch get an error instead of failing the whole run."""
+    kept: list[str] = []
+    for custom_id in pending:
+        request = lines.requests[custom_id]
+        # A character is at most 4 bytes: only long lines need encoding to be measured.
+        size = len(request.encode("utf-8")) + 1 if 4 * len(request) >= limits.max_bytes else 0
+        if size > limits.max_bytes:
+            lines.known[custom_id] = {
+                "custom_id": custom_id,
+                "result": None,
+                "error": f"request line is {size} bytes, over the {limits.max_bytes}-byte batch "
+                "limit; nothing was sent (shorten the text or raise max_bytes_per_batch)",
+                "error_code": TOO_LARGE_CODE,
+                "attempts": 0,
+            }
+        else:
+            kept.append(custom_id)
+    return kept
 
 
 @task(name="plan-shards", cache_policy=NO_CACHE)

@@ -1,0 +1,74 @@
+"""Sources: Parquet files, folders and globs, text objects; streamed in stable groups."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.read import SourceError, iter_groups, resolve_source, validate_source
+
+
+def write(path, start: int, n: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ids = [f"d{i:03d}" for i in range(start, start + n)]
+    pq.write_table(pa.table({"id": ids, "text": [f"t{i}" for i in ids]}), path)
+
+
+def test_folder_glob_and_file_sources_stream_in_stable_groups(tmp_path) -> None:
+    write(tmp_path / "src" / "b.parquet", 10, 7)
+    write(tmp_path / "src" / "a.parquet", 0, 10)
+    write(tmp_path / "src" / "_ignored" / "c.parquet", 100, 3)
+    folder = resolve_source(str(tmp_path / "src"))
+    assert folder.kind == "parquet" and len(folder.paths) == 2
+    groups = list(iter_groups(folder, 4))
+    assert [g.num_rows for g in groups] == [4, 4, 4, 4, 1]
+    ids = [i for g in groups for i in g.column("id").to_pylist()]
+    assert ids == [f"d{i:03d}" for i in range(17)]
+    assert len(resolve_source(str(tmp_path / "src" / "*.parquet")).paths) == 2
+    assert resolve_source(str(tmp_path / "src" / "a.parquet")).paths[0].endswith("a.parquet")
+
+
+def test_validation_counts_rows_and_reads_ids_only(tmp_path) -> None:
+    write(tmp_path / "src" / "a.parquet", 0, 25)
+    source = validate_source.fn(str(tmp_path / "src"))
+    assert source.num_rows == 25 and source.columns == ("id", "text")
+
+
+def test_text_objects_in_a_local_folder(tmp_path) -> None:
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "one.txt").write_text("first")
+    (tmp_path / "notes" / "two.md").write_bytes(b"\xff\xfe bad")
+    source = validate_source.fn(str(tmp_path / "notes"))
+    assert source.kind == "text" and source.num_rows == 2
+    (group,) = iter_groups(source, 10)
+    rows = group.to_pylist()
+    assert rows[0]["text"] == "first" and rows[0]["__read_error"] is None
+    assert rows[1]["text"] is None and "not valid UTF-8" in rows[1]["__read_error"]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: None, "does not exist"),
+        (lambda p: (p / "x.csv").write_text("a,b"), "is empty"),
+        (
+            lambda p: pq.write_table(pa.table({"id": [1], "text": [3]}), p / "n.parquet"),
+            "not string",
+        ),
+        (
+            lambda p: pq.write_table(
+                pa.table({"id": ["a"], "text": ["x"], "summary": ["s"]}), p / "c.parquet"
+            ),
+            "would be overwritten",
+        ),
+    ],
+)
+def test_bad_sources_say_what_to_fix(tmp_path, make, message: str) -> None:
+    folder = tmp_path / "src"
+    folder.mkdir()
+    make(folder)
+    target = str(folder if message != "does not exist" else tmp_path / "missing")
+    with pytest.raises(SourceError) as caught:
+        validate_source.fn(target, reserved_columns=["summary", "summary_error"])
+    assert message in str(caught.value)

@@ -1,0 +1,47 @@
+"""The working state: generations, the manifest, and the carry-over index."""
+
+from __future__ import annotations
+
+import json
+
+from tasks.state import BatchRecord, PreviousResults, RunState, results_table
+
+
+def test_an_unfinished_generation_is_resumed_and_a_success_starts_a_new_one(tmp_path) -> None:
+    destination = str(tmp_path / "out")
+    first = RunState(destination).begin("run-1")
+    assert (first.generation, first.resumed) == (1, False)
+    first.save_batch(BatchRecord("s1", group=0, attempt=1, lines=3, batch_id="batch_1"))
+
+    crashed_rerun = RunState(destination).begin("run-2")
+    assert (crashed_rerun.generation, crashed_rerun.resumed) == (1, True)
+    assert crashed_rerun.load_batch("s1").batch_id == "batch_1"
+    crashed_rerun.finish(succeeded=True)
+
+    night = RunState(destination).begin("run-3")
+    assert (night.generation, night.resumed, night.last_succeeded) == (2, False, 1)
+    assert night.load_batch("s1") is None
+    night.finish(succeeded=False)
+    status = json.loads((tmp_path / "out" / "_state" / "generation.json").read_text())
+    assert status["status"] == "failed" and status["last_succeeded"] == 1
+    assert RunState(destination).begin().generation == 2
+
+
+def test_previous_results_are_found_by_custom_id(tmp_path) -> None:
+    state = RunState(str(tmp_path)).begin()
+    ids = [f"summary-{i:032x}" for i in (5, 17, 3**40)]
+    rows = [
+        {"custom_id": c, "result": f'{{"summary": "{c}"}}', "error": None, "error_code": None,
+         "attempts": 1}
+        for c in ids
+    ]  # fmt: skip
+    state.write_group("g1", results_table(rows[:2]))
+    state.write_group("g2", results_table(rows[2:]))
+    state.finish(succeeded=True)
+
+    following = RunState(str(tmp_path)).begin()
+    previous = following.previous_results()
+    assert isinstance(previous, PreviousResults) and len(previous) == 3
+    found = previous.lookup([ids[2], ids[0], "summary-" + "f" * 32])
+    assert set(found) == {ids[0], ids[2]}
+    assert found[ids[2]]["result"] == f'{{"summary": "{ids[2]}"}}'
