@@ -11,7 +11,8 @@ subprocess:
   body in-process, and writes the same enriched Parquet (`tasks.merge`).
 
 Both outputs are compared column by column. Peak RSS is each subprocess's own maximum
-resident set (`getrusage(RUSAGE_SELF)`); the Prefect server's is reported apart.
+resident set (`getrusage(RUSAGE_SELF)`); its children's (the temporary Prefect server and the
+embedded emulator's processes) is reported apart.
 
     python bench/pipeline.py                  # 10k and 100k documents
     python bench/pipeline.py --sizes 10000    # one size
@@ -67,7 +68,7 @@ def _cpu_seconds() -> float:
 
 
 class _ChildrenPeak:
-    """Peak summed RSS of this process's descendants (the Prefect server), sampled."""
+    """Peak summed RSS of this process's descendants (Prefect server, embedded emulator)."""
 
     def __init__(self, every: float = 0.5) -> None:
         self.peak_mb = 0.0
@@ -363,7 +364,7 @@ SUMMARY_HEADERS = [
     "base CPU s",
     "flow RSS MB",
     "base RSS MB",
-    "server RSS MB",
+    "children RSS MB",
     "start s",
     "same output",
 ]
