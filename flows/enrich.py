@@ -29,7 +29,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import Field
 
 from batchapi.models import BatchLimits
-from flows.backend import Backend, resolve_backend
+from flows.backend import EMBEDDED, Backend, resolve_backend
 from flows.group import GroupOptions, GroupOutcome, enrich_group
 from flows.report import EnrichmentCounts, EnrichReport
 from tasks.merge import OutputWriter, merge_group, output_schema
@@ -142,7 +142,8 @@ def enrich_documents(
         resolved.num_rows,
         source,
     )
-    with resolve_backend(batch_api, state.local_path(EMBEDDED_DB)) as backend:
+    embedded_db = state.local_path(EMBEDDED_DB) if batch_api == EMBEDDED else None
+    with resolve_backend(batch_api, embedded_db) as backend:
         report = EnrichReport(
             source=source,
             destination=destination,

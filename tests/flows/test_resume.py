@@ -313,3 +313,43 @@ def test_batches_the_api_forgot_are_submitted_again(run_flow, corpus, api, tmp_p
     assert fresh.stats()["batches_created"] == forgotten == report.batches_submitted
     assert sum(output_ids(destination).values()) == 10
     assert ds.dataset(destination).to_table().column("summary_error").null_count == 10
+
+
+def test_embedded_backend_resumes_after_sigkill(prefect_api: str, corpus, tmp_path: Path) -> None:
+    """The embedded emulator keeps its batches beside the state, so a rerun reattaches."""
+    source = corpus(300)
+    destination = str(tmp_path / "out")
+    job = tmp_path / "job.json"
+    job.write_text(
+        json.dumps(
+            {
+                "source": source,
+                "destination": destination,
+                "enrichments": ENRICHMENTS,
+                "group_size": 100,
+                "max_in_flight": 2,
+                "parallel_groups": 1,
+                "poll_interval_seconds": 0.05,
+            }
+        )
+    )
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    command = [sys.executable, "-m", "flows.enrich", "--params", str(job)]
+    first = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for(lambda: submitted_batches(destination) >= 3, timeout=90, interval=0.01)
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.wait(timeout=30)
+    assert (Path(destination) / "_state" / "embedded-emulator.sqlite").exists()
+
+    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert second.returncode == 0, second.stderr[-3000:]
+    report = json.loads(second.stdout[second.stdout.index("{") :])
+    assert report["resumed"] is True and report["batches_reattached"] >= 1
+    assert report["backend"] == "embedded-emulator (heuristic engine)"
+    assert output_ids(destination) == Counter(pq.read_table(source).column("id").to_pylist())
+    # Once the run succeeded, its emulator database is gone.
+    assert not (Path(destination) / "_state" / "embedded-emulator.sqlite").exists()
