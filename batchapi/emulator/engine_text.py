@@ -78,7 +78,7 @@ _SUFFIXES: tuple[str, ...] = (
 _MIN_STEM = 3
 _VOWELS = frozenset("aeiouy")
 _STEM_CACHE: dict[str, str] = {}
-_STEM_CACHE_MAX = 200_000
+_STEM_CACHE_MAX = 50_000
 
 
 def _stem_uncached(word: str) -> str:
