@@ -59,6 +59,36 @@ def submitted_batches(destination: str) -> int:
     return count
 
 
+def kill_mid_run_then_rerun(
+    params: dict, env: dict[str, str], tmp_path: Path, kill_after_batches: int
+) -> dict:
+    """Run the flow's command line, SIGKILL it once `kill_after_batches` batches are recorded
+    as submitted, rerun it to the end, and return the rerun's report."""
+    job = tmp_path / "job.json"
+    job.write_text(
+        json.dumps({"enrichments": ENRICHMENTS, "poll_interval_seconds": 0.05, **params})
+    )
+    command = [sys.executable, "-m", "flows.enrich", "--params", str(job)]
+    first = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for(
+            lambda: submitted_batches(params["destination"]) >= kill_after_batches,
+            timeout=90,
+            interval=0.01,
+        )
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.wait(timeout=30)
+    assert first.returncode == -signal.SIGKILL
+    assert not (Path(params["destination"]) / "enriched.parquet").exists()
+
+    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert second.returncode == 0, second.stderr[-3000:]
+    return json.loads(second.stdout[second.stdout.index("{") :])
+
+
 @pytest.mark.parametrize("kill_after_batches", [2, 4])
 def test_sigkill_mid_run_then_rerun_pays_once(
     prefect_api: str, corpus, api, tmp_path: Path, kill_after_batches: int
@@ -66,37 +96,15 @@ def test_sigkill_mid_run_then_rerun_pays_once(
     emulator = api(latency=0.6)
     source = corpus(60)
     destination = str(tmp_path / "out")
-    job = tmp_path / "job.json"
-    job.write_text(
-        json.dumps(
-            {
-                "source": source,
-                "destination": destination,
-                "enrichments": ENRICHMENTS,
-                "batch_api": emulator.base_url,
-                "group_size": 20,
-                "max_in_flight": 2,
-                "poll_interval_seconds": 0.05,
-            }
-        )
-    )
+    params = {
+        "source": source,
+        "destination": destination,
+        "batch_api": emulator.base_url,
+        "group_size": 20,
+        "max_in_flight": 2,
+    }
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "BATCH_API_KEY": FLOW_TEST_KEY}
-    command = [sys.executable, "-m", "flows.enrich", "--params", str(job)]
-
-    first = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        wait_for(lambda: submitted_batches(destination) >= kill_after_batches, timeout=90)
-        first.send_signal(signal.SIGKILL)
-    finally:
-        first.wait(timeout=30)
-    assert first.returncode == -signal.SIGKILL
-    assert not (Path(destination) / "enriched.parquet").exists()
-
-    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
-    assert second.returncode == 0, second.stderr[-3000:]
-    report = json.loads(second.stdout[second.stdout.index("{") :])
+    report = kill_mid_run_then_rerun(params, env, tmp_path, kill_after_batches)
     assert report["resumed"] is True
     assert report["batches_reattached"] >= 1
 
@@ -319,35 +327,15 @@ def test_embedded_backend_resumes_after_sigkill(prefect_api: str, corpus, tmp_pa
     """The embedded emulator keeps its batches beside the state, so a rerun reattaches."""
     source = corpus(300)
     destination = str(tmp_path / "out")
-    job = tmp_path / "job.json"
-    job.write_text(
-        json.dumps(
-            {
-                "source": source,
-                "destination": destination,
-                "enrichments": ENRICHMENTS,
-                "group_size": 100,
-                "max_in_flight": 2,
-                "parallel_groups": 1,
-                "poll_interval_seconds": 0.05,
-            }
-        )
-    )
+    params = {
+        "source": source,
+        "destination": destination,
+        "group_size": 100,
+        "max_in_flight": 2,
+        "parallel_groups": 1,
+    }
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
-    command = [sys.executable, "-m", "flows.enrich", "--params", str(job)]
-    first = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        wait_for(lambda: submitted_batches(destination) >= 3, timeout=90, interval=0.01)
-        first.send_signal(signal.SIGKILL)
-    finally:
-        first.wait(timeout=30)
-    assert (Path(destination) / "_state" / "embedded-emulator.sqlite").exists()
-
-    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
-    assert second.returncode == 0, second.stderr[-3000:]
-    report = json.loads(second.stdout[second.stdout.index("{") :])
+    report = kill_mid_run_then_rerun(params, env, tmp_path, kill_after_batches=3)
     assert report["resumed"] is True and report["batches_reattached"] >= 1
     assert report["backend"] == "embedded-emulator (heuristic engine)"
     assert output_ids(destination) == Counter(pq.read_table(source).column("id").to_pylist())
