@@ -16,10 +16,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.storage import StorageSettings, filesystem
+from tasks.storage import StorageSettings, filesystem, is_local
 
 TEXT_SUFFIXES = (".txt", ".md", ".json")
 # Per-row problems found while reading (e.g. an object that is not UTF-8). The merge turns
@@ -158,9 +159,28 @@ def iter_record_batches(
     if source.kind == "text":
         yield from _text_batches(source, columns)
         return
-    dataset = _parquet_dataset(source)
-    for fragment in dataset.get_fragments():
-        yield from fragment.to_batches(columns=columns, batch_size=_SCAN_BATCH_ROWS)
+    schema = _parquet_dataset(source).schema
+    names = columns or schema.names
+    fs = source.filesystem
+    for path in source.paths:
+        # ParquetFile.iter_batches without pre-buffering decodes page by page, so even a
+        # file written as one huge row group is never held whole in memory.
+        opened = path if is_local(fs) else fs.open(path, "rb")
+        reader = pq.ParquetFile(opened, pre_buffer=False)
+        present = [n for n in names if n in reader.schema_arrow.names]
+        for batch in reader.iter_batches(batch_size=_SCAN_BATCH_ROWS, columns=present):
+            # Files of one source may differ in column order or lack a column: unify.
+            yield pa.RecordBatch.from_arrays(
+                [
+                    batch.column(n)
+                    if n in present
+                    else pa.nulls(batch.num_rows, schema.field(n).type)
+                    for n in names
+                ],
+                schema=pa.schema([schema.field(n) for n in names]),
+            )
+        if not isinstance(opened, str):
+            opened.close()
 
 
 def iter_groups(source: Source, group_size: int) -> Iterator[pa.Table]:
