@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,13 +188,11 @@ class _Driver:
         state: RunState,
         client: AsyncBatchApiClient,
         max_in_flight: int,
-        on_recorded: Callable[[BatchRecord], None] | None,
     ) -> None:
         self.shards = {s.shard_id: s for s in shards}
         self.state = state
         self.client = client
         self.max_in_flight = max_in_flight
-        self.on_recorded = on_recorded
         self.logger = get_run_logger()
         self.records: dict[str, BatchRecord] = {}
         self.reattached = 0
@@ -253,8 +250,6 @@ class _Driver:
         record.completed = batch.request_counts.completed
         record.failed = batch.request_counts.failed
         self.state.save_batch(record)
-        if self.on_recorded:
-            self.on_recorded(record)
 
     async def _poll(self, record: BatchRecord) -> bool:
         assert record.batch_id is not None
@@ -324,7 +319,6 @@ def run_shards(
     timeout_seconds: float,
     polling_window_seconds: float = 60.0,
     run_started: float = 0.0,
-    on_recorded: Callable[[BatchRecord], None] | None = None,
 ) -> RoundReport:
     """Submit what was never submitted, wait for every batch, record the decoded output.
 
@@ -336,7 +330,7 @@ def run_shards(
 
     async def drive() -> _Driver:
         async with api.client() as client:
-            driver = _Driver(shards, state, client, max_in_flight, on_recorded)
+            driver = _Driver(shards, state, client, max_in_flight)
             if driver.reattached:
                 logger.info("reattached to %d batch(es) submitted earlier", driver.reattached)
             await driver.run(poll_interval_seconds, window_end, deadline, timeout_seconds)
