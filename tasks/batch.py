@@ -51,6 +51,9 @@ STORED_FIELDS: dict[type, Any] = {
     ClassifyResult: {"top_label", "scores"},
 }
 
+# Every this many polling rounds, every open batch is polled, not only the oldest ones.
+FULL_SWEEP_EVERY = 10
+
 # Per-line error codes (the API's own plus ours) that a new attempt may fix.
 RETRYABLE_LINE_CODES = frozenset({"server_error", "rate_limited", "batch_failed", "missing_output"})
 
@@ -274,9 +277,31 @@ class _Driver:
             return True
         return False
 
+    async def _poll_round(self, sweep: bool) -> list[bool]:
+        """Poll open batches; True for each that finished.
+
+        A sweep polls every open batch at once. Between sweeps, batches are polled oldest
+        first and the round stops at the first one still running: a backend mostly finishes
+        batches in the order it received them, and this keeps a round to a request or two
+        however many batches are open, instead of one request per open batch.
+        """
+        opened = sorted(
+            (r for r in self.unfinished() if r.batch_id is not None),
+            key=lambda r: r.submitted_at or 0.0,
+        )
+        if sweep:
+            return list(await asyncio.gather(*(self._poll(r) for r in opened)))
+        finished: list[bool] = []
+        for record in opened:
+            finished.append(await self._poll(record))
+            if not finished[-1]:
+                break
+        return finished
+
     async def run(
         self, poll_interval: float, window_end: float, deadline: float, timeout: float
     ) -> None:
+        iteration = 0
         while True:
             unfinished = self.unfinished()
             if not unfinished:
@@ -290,8 +315,8 @@ class _Driver:
             # idempotency key or batch listing to recover it; see README, "Resume").
             for record in fresh[:slots]:
                 await self._submit(record)
-            opened = [r for r in self.unfinished() if r.batch_id is not None]
-            finished = await asyncio.gather(*(self._poll(r) for r in opened))
+            finished = await self._poll_round(sweep=iteration % FULL_SWEEP_EVERY == 0)
+            iteration += 1
             if not self.unfinished():
                 return
             now = time.time()
