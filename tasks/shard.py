@@ -29,9 +29,14 @@ SKIPPED_CODE = "skipped"
 TOO_LARGE_CODE = "too_large"
 
 
-def custom_id_for(doc_id: str, enrichment: Enrichment, text: str) -> str:
-    """At most 64 characters: up to 24 of the enrichment name, a dash, 32 hex digits."""
-    return f"{enrichment.name[:24]}-{digest(doc_id, enrichment.spec_hash(), text)}"
+def custom_id_for(
+    doc_id: str, enrichment: Enrichment, text: str, spec_hash: str | None = None
+) -> str:
+    """At most 64 characters: up to 24 of the enrichment name, a dash, 32 hex digits.
+
+    `spec_hash` is `enrichment.spec_hash()`, passed in by callers that make many ids."""
+    spec = spec_hash or enrichment.spec_hash()
+    return f"{enrichment.name[:24]}-{digest(doc_id, spec, text)}"
 
 
 @dataclass
@@ -82,7 +87,8 @@ def build_group_lines(
         else [None] * len(ids)
     )
     templates = [
-        (e, e.request_body("-").model_dump(mode="json", exclude_none=True)) for e in enrichments
+        (e, e.spec_hash(), e.request_body("-").model_dump(mode="json", exclude_none=True))
+        for e in enrichments
     ]
     custom_ids: list[str] = []
     rows: list[int] = []
@@ -90,8 +96,8 @@ def build_group_lines(
     requests: dict[str, str] = {}
     known: dict[str, dict[str, Any]] = {}
     for row, (doc_id, text, read_error) in enumerate(zip(ids, texts, read_errors, strict=True)):
-        for enrichment, template in templates:
-            custom_id = custom_id_for(doc_id, enrichment, text or "")
+        for enrichment, spec, template in templates:
+            custom_id = custom_id_for(doc_id, enrichment, text or "", spec)
             custom_ids.append(custom_id)
             rows.append(row)
             names.append(enrichment.name)
