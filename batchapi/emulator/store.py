@@ -93,6 +93,28 @@ def _row_to_batch(row: tuple) -> StoredBatch:
     )  # fmt: skip
 
 
+def _count_second_times(
+    conn: sqlite3.Connection, column: str, counter: str, custom_ids: list[str]
+) -> None:
+    """After `column` was incremented for `custom_ids`, count those now at exactly 2.
+
+    Kept in the counters table rather than in memory, so the emulator's memory does not grow
+    with the number of lines it has seen."""
+    for start in range(0, len(custom_ids), 500):
+        chunk = custom_ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        (second,) = conn.execute(
+            f"SELECT count(*) FROM custom_ids WHERE {column} = 2 AND custom_id IN ({marks})",
+            chunk,
+        ).fetchone()
+        if second:
+            conn.execute(
+                "INSERT INTO counters (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                (counter, second),
+            )
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -102,16 +124,6 @@ class Store:
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA busy_timeout=5000")
         self._conn.executescript(_SCHEMA)
-        # Mirrored in memory so the stats endpoint never scans the table.
-        self._seen: dict[str, int] = {}
-        self._succeeded: dict[str, int] = {}
-        for custom_id, batches, succeeded in self._conn.execute(
-            "SELECT custom_id, batches, succeeded FROM custom_ids"
-        ):
-            self._seen[custom_id] = batches
-            self._succeeded[custom_id] = succeeded
-        self._seen_twice = sum(1 for n in self._seen.values() if n > 1)
-        self._succeeded_twice = sum(1 for n in self._succeeded.values() if n > 1)
 
     def close(self) -> None:
         with self._lock:
@@ -151,9 +163,7 @@ class Store:
                 " ON CONFLICT (custom_id) DO UPDATE SET batches = batches + 1",
                 ((custom_id,) for custom_id in distinct),
             )
-            for custom_id in distinct:
-                count = self._seen[custom_id] = self._seen.get(custom_id, 0) + 1
-                self._seen_twice += count == 2
+            _count_second_times(conn, "batches", "custom_ids_submitted_twice", distinct)
         assert seq is not None
         return StoredBatch(
             seq, batch_id, created_at, BatchStatus.VALIDATING, len(custom_ids), 0, 0, None, None
@@ -206,9 +216,7 @@ class Store:
                 "UPDATE custom_ids SET succeeded = succeeded + 1 WHERE custom_id = ?",
                 ((custom_id,) for custom_id in distinct),
             )
-            for custom_id in distinct:
-                count = self._succeeded[custom_id] = self._succeeded.get(custom_id, 0) + 1
-                self._succeeded_twice += count == 2
+            _count_second_times(conn, "succeeded", "custom_ids_succeeded_twice", distinct)
 
     def output(self, batch_id: str) -> bytes | None:
         rows = self._query("SELECT body FROM outputs WHERE batch_id = ?", (batch_id,))
@@ -226,8 +234,7 @@ class Store:
 
     def custom_id_counts(self) -> dict[str, int]:
         """custom_id -> number of accepted batches it appeared in."""
-        with self._lock:
-            return dict(self._seen)
+        return dict(self._query("SELECT custom_id, batches FROM custom_ids"))
 
     def stats(self, now: float) -> dict[str, int]:
         """Totals over everything this database has seen (they survive a restart).
@@ -247,8 +254,8 @@ class Store:
             (now,),
         )
         counters = dict(self._query("SELECT name, value FROM counters"))
-        with self._lock:
-            twice, succeeded_twice = self._seen_twice, self._succeeded_twice
+        twice = counters.get("custom_ids_submitted_twice", 0)
+        succeeded_twice = counters.get("custom_ids_succeeded_twice", 0)
         batches, received, processed, failed, batches_failed = row
         return {
             "batches_created": batches,
