@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from batchapi.emulator import engine
 from batchapi.emulator.config import EmulatorConfig
 from batchapi.emulator.faults import HttpFaults
-from batchapi.emulator.store import Store
+from batchapi.emulator.store import Store, StoredBatch
 from batchapi.emulator.worker import Worker
 from batchapi.models import MODELS, ClassifyBody, ExtractBody, SummarizeBody, iter_jsonl
 
@@ -222,18 +222,20 @@ def create_app(config: EmulatorConfig) -> FastAPI:
         # GAP: the success status of a submission is undocumented; we answer 200.
         return Response(stored.view(time.time()).model_dump_json(), media_type="application/json")
 
-    @app.get("/v1/batches/{batch_id}", dependencies=authorised)
-    def get_batch(batch_id: str) -> Response:
+    def stored_or_404(batch_id: str) -> StoredBatch:
         stored = store.get(batch_id)
         if stored is None:
             raise HTTPException(404, f"no batch with id {batch_id!r}")
+        return stored
+
+    @app.get("/v1/batches/{batch_id}", dependencies=authorised)
+    def get_batch(batch_id: str) -> Response:
+        stored = stored_or_404(batch_id)
         return Response(stored.view(time.time()).model_dump_json(), media_type="application/json")
 
     @app.get("/v1/batches/{batch_id}/output", dependencies=authorised)
     def get_output(batch_id: str) -> Response:
-        stored = store.get(batch_id)
-        if stored is None:
-            raise HTTPException(404, f"no batch with id {batch_id!r}")
+        stored = stored_or_404(batch_id)
         now = time.time()
         if not stored.is_visible_terminal(now):
             # Revision B documents 404 (not 409) for output that does not exist yet.
