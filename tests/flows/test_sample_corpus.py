@@ -1,8 +1,10 @@
-"""The generated sample corpus: shape, determinism, size control and speed."""
+"""The generated sample corpus: shape, determinism and size control.
+
+Its speed is reported by bench/pipeline.py ("corpus written in ... s"), not asserted here.
+"""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -59,12 +61,3 @@ def test_write_corpus_creates_parent_folders(tmp_path: Path) -> None:
 def test_demo_enrichments_are_valid() -> None:
     enrichments = parse_enrichments(DEMO_ENRICHMENTS)
     assert [e.model for e in enrichments] == ["extract", "summarize", "classify"]
-
-
-def test_fast_enough_for_benchmarks() -> None:
-    started = time.perf_counter()
-    table = generate_documents(20_000, target_chars=2000)
-    elapsed = time.perf_counter() - started
-    assert table.num_rows == 20_000
-    # ~0.5 s on a 2-core machine; the bound only catches an accidental slowdown by 10x.
-    assert elapsed < 6.0
