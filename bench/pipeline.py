@@ -12,7 +12,7 @@ subprocess:
 
 Both outputs are compared column by column. Peak RSS is each subprocess's own maximum
 resident set (`getrusage(RUSAGE_SELF)`); its children's (the temporary Prefect server and the
-embedded emulator's processes) is reported apart.
+embedded emulator's processes) is reported apart, summed and per kind.
 
     python bench/pipeline.py                  # 10k and 100k documents
     python bench/pipeline.py --sizes 10000    # one size
@@ -68,26 +68,47 @@ def _cpu_seconds() -> float:
 
 
 class _ChildrenPeak:
-    """Peak summed RSS of this process's descendants (Prefect server, embedded emulator)."""
+    """Peak RSS of this process's descendants: summed, and per kind (Prefect server, emulator).
+
+    Each direct child is counted with its whole subtree (the emulator's engine workers belong
+    to the emulator) and labelled by its command line.
+    """
 
     def __init__(self, every: float = 0.5) -> None:
         self.peak_mb = 0.0
+        self.peak_by_kind_mb: dict[str, float] = {"prefect": 0.0, "emulator": 0.0}
         self._every = every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _kind(process: Any) -> str:
+        try:
+            command = " ".join(process.cmdline())
+        except Exception:
+            return "prefect"
+        return "emulator" if "batchapi.emulator" in command else "prefect"
 
     def _run(self) -> None:
         import psutil
 
         me = psutil.Process()
         while not self._stop.wait(self._every):
-            total = 0
-            for child in me.children(recursive=True):
+            by_kind = dict.fromkeys(self.peak_by_kind_mb, 0)
+            for child in me.children():
+                kind = self._kind(child)
                 try:
-                    total += child.memory_info().rss
+                    subtree = [child, *child.children(recursive=True)]
                 except psutil.Error:
                     continue
-            self.peak_mb = max(self.peak_mb, total / 2**20)
+                for process in subtree:
+                    try:
+                        by_kind[kind] += process.memory_info().rss
+                    except psutil.Error:
+                        continue
+            self.peak_mb = max(self.peak_mb, sum(by_kind.values()) / 2**20)
+            for kind, rss in by_kind.items():
+                self.peak_by_kind_mb[kind] = max(self.peak_by_kind_mb[kind], rss / 2**20)
 
     def __enter__(self) -> _ChildrenPeak:
         self._thread.start()
@@ -167,6 +188,8 @@ def child_flow(args: argparse.Namespace) -> dict[str, Any]:
         "rows": report.rows_in,
         "peak_rss_mb": _peak_rss_mb(),
         "server_peak_rss_mb": server.peak_mb,
+        "prefect_peak_rss_mb": server.peak_by_kind_mb["prefect"],
+        "emulator_peak_rss_mb": server.peak_by_kind_mb["emulator"],
         "output": report.output_path,
     }
 
@@ -347,6 +370,8 @@ def summary_row(size: int, flow: dict[str, Any], base: dict[str, Any], same: boo
         f"{flow['peak_rss_mb']:.0f}",
         f"{base['peak_rss_mb']:.0f}",
         f"{flow['server_peak_rss_mb']:.0f}",
+        f"{flow['prefect_peak_rss_mb']:.0f}",
+        f"{flow['emulator_peak_rss_mb']:.0f}",
         f"{flow['startup_seconds']:.1f}",
         "yes" if same else "NO",
     ]
@@ -365,6 +390,8 @@ SUMMARY_HEADERS = [
     "flow RSS MB",
     "base RSS MB",
     "children RSS MB",
+    "of which Prefect server",
+    "of which emulator",
     "start s",
     "same output",
 ]
