@@ -10,12 +10,11 @@ import hashlib
 import json
 import posixpath
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -45,6 +44,8 @@ class Source:
     settings: StorageSettings | None = field(default=None, repr=False)
     columns: tuple[str, ...] = ()
     num_rows: int = 0
+    # The schema every file is read as (Parquet only); found by `validate_source`.
+    schema: pa.Schema | None = field(default=None, repr=False, compare=False)
 
     @property
     def filesystem(self):
@@ -99,10 +100,6 @@ def resolve_source(
     )
 
 
-def _parquet_dataset(source: Source) -> ds.Dataset:
-    return ds.dataset(list(source.paths), format="parquet", filesystem=source.filesystem)
-
-
 def _object_id(source: Source, path: str) -> str:
     # id = object key (for S3 the key without the bucket; locally the path under the source).
     if source.url.startswith(("s3://", "s3a://")):
@@ -152,6 +149,72 @@ def _text_batches(source: Source, columns: list[str] | None) -> Iterator[pa.Reco
         )
 
 
+def _open(source: Source, path: str):
+    fs = source.filesystem
+    return path if is_local(fs) else fs.open(path, "rb")
+
+
+def source_schema(source: Source) -> pa.Schema:
+    """The schema all Parquet files of the source are read as.
+
+    Files may differ in column order, lack a column or hold a wider type (int32 and int64,
+    string and large_string): their schemas are unified with Arrow's permissive promotion and
+    every batch is cast to the result. Only each file's footer is read.
+    """
+    if source.schema is not None:
+        return source.schema
+    unified: pa.Schema | None = None
+    first_seen: dict[str, str] = {}
+    for path in source.paths:
+        opened = _open(source, path)
+        try:
+            schema = pq.ParquetFile(opened).schema_arrow.remove_metadata()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise SourceError(
+                f"{_object_id(source, path)!r} in source {source.url!r} is not readable "
+                f"Parquet: {exc}"
+            ) from None
+        finally:
+            if not isinstance(opened, str):
+                opened.close()
+        if unified is None:
+            unified = schema
+        else:
+            try:
+                unified = pa.unify_schemas([unified, schema], promote_options="permissive")
+            except (pa.ArrowTypeError, pa.ArrowInvalid):
+                raise _type_conflict(source, unified, schema, first_seen, path) from None
+        for name in schema.names:
+            first_seen.setdefault(name, path)
+    assert unified is not None  # resolve_source never returns a Parquet source without files
+    return unified
+
+
+def _type_conflict(
+    source: Source,
+    unified: pa.Schema,
+    schema: pa.Schema,
+    first_seen: dict[str, str],
+    path: str,
+) -> SourceError:
+    for name in schema.names:
+        if name not in unified.names:
+            continue
+        before, now = unified.field(name), schema.field(name)
+        try:
+            pa.unify_schemas([pa.schema([before]), pa.schema([now])], promote_options="permissive")
+        except (pa.ArrowTypeError, pa.ArrowInvalid):
+            return SourceError(
+                f"column {name!r} is {now.type} in {_object_id(source, path)!r} but "
+                f"{before.type} in the files before it (first in "
+                f"{_object_id(source, first_seen[name])!r}); the files of one source must agree "
+                "on each column's type or differ only in width (int32 and int64, string and "
+                "large_string). Rewrite the odd files with one type for the column, or point "
+                "`source` at files that agree."
+            )
+    return SourceError(f"the files of source {source.url!r} have schemas that cannot be unified")
+
+
 def iter_record_batches(
     source: Source, columns: list[str] | None = None
 ) -> Iterator[pa.RecordBatch]:
@@ -159,25 +222,25 @@ def iter_record_batches(
     if source.kind == "text":
         yield from _text_batches(source, columns)
         return
-    schema = _parquet_dataset(source).schema
+    schema = source_schema(source)
     names = columns or schema.names
-    fs = source.filesystem
+    target = pa.schema([schema.field(n) for n in names])
     for path in source.paths:
         # ParquetFile.iter_batches without pre-buffering decodes page by page, so even a
         # file written as one huge row group is never held whole in memory.
-        opened = path if is_local(fs) else fs.open(path, "rb")
+        opened = _open(source, path)
         reader = pq.ParquetFile(opened, pre_buffer=False)
         present = [n for n in names if n in reader.schema_arrow.names]
         for batch in reader.iter_batches(batch_size=_SCAN_BATCH_ROWS, columns=present):
-            # Files of one source may differ in column order or lack a column: unify.
+            # Files of one source may differ in column order, types or lack a column: unify.
             yield pa.RecordBatch.from_arrays(
                 [
-                    batch.column(n)
+                    batch.column(n).cast(field.type)
                     if n in present
-                    else pa.nulls(batch.num_rows, schema.field(n).type)
-                    for n in names
+                    else pa.nulls(batch.num_rows, field.type)
+                    for n, field in zip(names, target, strict=True)
                 ],
-                schema=pa.schema([schema.field(n) for n in names]),
+                schema=target,
             )
         if not isinstance(opened, str):
             opened.close()
@@ -202,10 +265,7 @@ def iter_groups(source: Source, group_size: int) -> Iterator[pa.Table]:
 def _schema(source: Source) -> pa.Schema:
     if source.kind == "text":
         return pa.schema([(source.id_column, pa.string()), (source.text_column, pa.string())])
-    try:
-        return _parquet_dataset(source).schema
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise SourceError(f"source {source.url!r} is not readable Parquet: {exc}") from None
+    return source_schema(source)
 
 
 def _check_columns(source: Source, schema: pa.Schema) -> None:
@@ -260,11 +320,14 @@ def validate_source(
 ) -> Source:
     """Check the source before anything is submitted; returns it resolved, with its row count.
 
-    Checks: it exists and is not empty, the id and text columns exist, ids are non-null and
-    unique, and no source column collides with a column the enrichments will add.
+    Checks: it exists and is not empty, its Parquet files agree on column types, the id and
+    text columns exist, ids are non-null and unique, and no source column collides with a
+    column the enrichments will add.
     """
     source = resolve_source(url, id_column, text_column, settings)
     schema = _schema(source)
+    if source.kind == "parquet":
+        source = replace(source, schema=schema)
     _check_columns(source, schema)
     clashes = sorted(set(reserved_columns or ()) & set(schema.names))
     if clashes:
@@ -293,13 +356,4 @@ def validate_source(
             f"id column {id_column!r} is not unique: {repeated.size} repeated value(s), e.g. "
             f"{', '.join(examples)}. Deduplicate the source or choose a unique id_column."
         )
-    return Source(
-        url=source.url,
-        kind=source.kind,
-        paths=source.paths,
-        id_column=id_column,
-        text_column=text_column,
-        settings=settings,
-        columns=tuple(schema.names),
-        num_rows=num_rows,
-    )
+    return replace(source, columns=tuple(schema.names), num_rows=num_rows)

@@ -72,3 +72,61 @@ def test_bad_sources_say_what_to_fix(tmp_path, make, message: str) -> None:
     with pytest.raises(SourceError) as caught:
         validate_source.fn(target, reserved_columns=["summary", "summary_error"])
     assert message in str(caught.value)
+
+
+def test_files_with_wider_or_extra_columns_are_unified_not_dropped(tmp_path) -> None:
+    folder = tmp_path / "src"
+    folder.mkdir()
+    pq.write_table(
+        pa.table(
+            {
+                "id": ["a", "b"],
+                "text": ["one", "two"],
+                "score": pa.array([1, 2], pa.int32()),
+            }
+        ),
+        folder / "a.parquet",
+    )
+    pq.write_table(
+        pa.table(
+            {
+                "lang": ["de"],
+                "text": pa.array(["drei"], pa.large_string()),
+                "score": pa.array([2**40], pa.int64()),
+                "id": ["c"],
+            }
+        ),
+        folder / "b.parquet",
+    )
+    source = validate_source.fn(str(folder))
+    assert source.num_rows == 3
+    assert set(source.columns) == {"id", "text", "score", "lang"}
+    (group,) = iter_groups(source, 10)
+    assert group.schema.field("score").type == pa.int64()
+    assert group.schema.field("text").type == pa.large_string()
+    rows = {row["id"]: row for row in group.to_pylist()}
+    assert rows["c"] == {"id": "c", "text": "drei", "score": 2**40, "lang": "de"}
+    assert rows["a"]["score"] == 1 and rows["a"]["lang"] is None
+
+
+def test_files_that_disagree_on_a_type_are_refused_before_anything_is_sent(tmp_path) -> None:
+    folder = tmp_path / "src"
+    folder.mkdir()
+    pq.write_table(pa.table({"id": ["a"], "text": ["x"], "n": [1]}), folder / "a.parquet")
+    pq.write_table(pa.table({"id": ["b"], "text": ["y"], "n": ["one"]}), folder / "b.parquet")
+    with pytest.raises(SourceError) as caught:
+        validate_source.fn(str(folder))
+    message = str(caught.value)
+    assert "column 'n' is string in" in message and "b.parquet" in message
+    assert "int64 in the files before it" in message and "a.parquet" in message
+    assert "Rewrite the odd files" in message
+
+
+def test_a_file_that_is_not_parquet_is_named(tmp_path) -> None:
+    folder = tmp_path / "src"
+    folder.mkdir()
+    write(folder / "a.parquet", 0, 3)
+    (folder / "b.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(SourceError) as caught:
+        validate_source.fn(str(folder))
+    assert "b.parquet" in str(caught.value) and "not readable Parquet" in str(caught.value)
