@@ -32,6 +32,7 @@ from batchapi.models import BatchLimits
 from flows.backend import EMBEDDED, Backend, resolve_backend
 from flows.group import GroupOptions, GroupOutcome, enrich_group
 from flows.report import EnrichmentCounts, EnrichReport
+from tasks.lock import DestinationLock
 from tasks.merge import OutputWriter, merge_group, output_schema
 from tasks.read import iter_groups, validate_source
 from tasks.spec import Enrichment, parse_enrichments, spec_hash
@@ -134,92 +135,96 @@ def enrich_documents(
     settings = _storage_settings(storage_block)
     reserved = [column for e in enrichments for column in e.columns]
     resolved = validate_source(source, id_column, text_column, reserved, settings)
-    state = RunState(destination, settings).begin(str(flow_run.get_id() or ""))
-    logger.info(
-        "generation %d (%s) for %d rows from %s",
-        state.generation,
-        "resumed" if state.resumed else "new",
-        resolved.num_rows,
-        source,
-    )
-    embedded_db = state.local_path(EMBEDDED_DB) if batch_api == EMBEDDED else None
-    with resolve_backend(batch_api, embedded_db) as backend:
-        report = EnrichReport(
-            source=source,
-            destination=destination,
-            backend=backend.label,
-            mode=mode,
-            generation=state.generation,
-            resumed=state.resumed,
-            rows_in=resolved.num_rows,
-            enrichments={e.name: EnrichmentCounts() for e in enrichments},
+    run_id = str(flow_run.get_id() or "")
+    # Before the state is touched: a second run on this destination would pay twice.
+    with DestinationLock(destination, settings, run_id, logger=logger) as lock:
+        state = RunState(destination, settings).begin(run_id)
+        logger.info(
+            "generation %d (%s) for %d rows from %s",
+            state.generation,
+            "resumed" if state.resumed else "new",
+            resolved.num_rows,
+            source,
         )
-        options = GroupOptions(
-            limits=BatchLimits(
-                max_lines=min(shard_size or backend.api.max_lines, backend.api.max_lines),
-                max_bytes=backend.api.max_bytes,
-            ),
-            # The in-flight budget is shared by the groups that run side by side.
-            max_in_flight=max(1, max_in_flight // parallel_groups),
-            poll_interval_seconds=poll_interval_seconds or backend.poll_interval_seconds,
-            timeout_seconds=timeout_seconds,
-            deadline=time.time() + timeout_seconds,
-            run_started=time.time(),
-            max_line_attempts=max_line_attempts,
-            incremental=mode == "incremental",
-        )
-        total_groups = max(1, math.ceil(resolved.num_rows / group_size))
-        progress = create_progress_artifact(
-            progress=0.0,
-            key="enrich-progress",
-            description=f"Groups of {group_size} documents enriched, out of {total_groups}",
-        )
-        writer: OutputWriter | None = None
-        try:
-            with make_task_runner(task_runner, parallel_groups) as runner:
-                in_flight: deque[tuple[pa.Table, PrefectFuture[GroupOutcome]]] = deque()
+        embedded_db = state.local_path(EMBEDDED_DB) if batch_api == EMBEDDED else None
+        with resolve_backend(batch_api, embedded_db) as backend:
+            report = EnrichReport(
+                source=source,
+                destination=destination,
+                backend=backend.label,
+                mode=mode,
+                generation=state.generation,
+                resumed=state.resumed,
+                rows_in=resolved.num_rows,
+                enrichments={e.name: EnrichmentCounts() for e in enrichments},
+            )
+            options = GroupOptions(
+                limits=BatchLimits(
+                    max_lines=min(shard_size or backend.api.max_lines, backend.api.max_lines),
+                    max_bytes=backend.api.max_bytes,
+                ),
+                # The in-flight budget is shared by the groups that run side by side.
+                max_in_flight=max(1, max_in_flight // parallel_groups),
+                poll_interval_seconds=poll_interval_seconds or backend.poll_interval_seconds,
+                timeout_seconds=timeout_seconds,
+                deadline=time.time() + timeout_seconds,
+                run_started=time.time(),
+                max_line_attempts=max_line_attempts,
+                incremental=mode == "incremental",
+            )
+            total_groups = max(1, math.ceil(resolved.num_rows / group_size))
+            progress = create_progress_artifact(
+                progress=0.0,
+                key="enrich-progress",
+                description=f"Groups of {group_size} documents enriched, out of {total_groups}",
+            )
+            writer: OutputWriter | None = None
+            try:
+                with make_task_runner(task_runner, parallel_groups) as runner:
+                    in_flight: deque[tuple[pa.Table, PrefectFuture[GroupOutcome]]] = deque()
 
-                def merge_next() -> None:
-                    nonlocal writer
-                    group, future = in_flight.popleft()
-                    outcome = future.result()
-                    if writer is None:
-                        metadata = _provenance(backend, enrichments, state, mode)
-                        writer = OutputWriter(
-                            state, output_schema(group.schema, enrichments, metadata)
+                    def merge_next() -> None:
+                        nonlocal writer
+                        group, future = in_flight.popleft()
+                        outcome = future.result()
+                        if writer is None:
+                            metadata = _provenance(backend, enrichments, state, mode)
+                            writer = OutputWriter(
+                                state, output_schema(group.schema, enrichments, metadata)
+                            )
+                        enriched = merge_group(
+                            group, outcome.lines, outcome.results, enrichments, writer.schema
                         )
-                    enriched = merge_group(
-                        group, outcome.lines, outcome.results, enrichments, writer.schema
-                    )
-                    writer.write(enriched)
-                    _tally(report, outcome, enriched, enrichments)
-                    update_progress_artifact(progress, 100.0 * report.groups / total_groups)
+                        writer.write(enriched)
+                        _tally(report, outcome, enriched, enrichments)
+                        update_progress_artifact(progress, 100.0 * report.groups / total_groups)
 
-                for index, group in enumerate(iter_groups(resolved, group_size)):
-                    parameters = {
-                        "group": group,
-                        "index": index,
-                        "enrichments": enrichments,
-                        "source": resolved,
-                        "state": state,
-                        "api": backend.api,
-                        "options": options,
-                    }
-                    in_flight.append((group, runner.submit(enrich_group, parameters)))
-                    if len(in_flight) >= parallel_groups:
+                    for index, group in enumerate(iter_groups(resolved, group_size)):
+                        lock.ensure_held()
+                        parameters = {
+                            "group": group,
+                            "index": index,
+                            "enrichments": enrichments,
+                            "source": resolved,
+                            "state": state,
+                            "api": backend.api,
+                            "options": options,
+                        }
+                        in_flight.append((group, runner.submit(enrich_group, parameters)))
+                        if len(in_flight) >= parallel_groups:
+                            merge_next()
+                    while in_flight:
                         merge_next()
-                while in_flight:
-                    merge_next()
-            if writer is None:
-                raise RuntimeError("the source yielded no rows")
-            report.output_path = writer.commit()
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            state.finish(succeeded=False)
-            raise
-    state.finish(succeeded=True)
-    state.remove_local(EMBEDDED_DB)
+                if writer is None:
+                    raise RuntimeError("the source yielded no rows")
+                report.output_path = writer.commit()
+            except BaseException:
+                if writer is not None:
+                    writer.abort()
+                state.finish(succeeded=False)
+                raise
+        state.finish(succeeded=True)
+        state.remove_local(EMBEDDED_DB)
     report.seconds = round(time.monotonic() - started, 2)
     create_markdown_artifact(
         key="enrich-report", markdown=report.to_markdown(), description="Enrichment run report"

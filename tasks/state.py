@@ -3,6 +3,7 @@
 Layout (pyarrow's dataset discovery ignores `_state`, so readers never see it):
 
     _state/generation.json            current generation, its status, the last one that succeeded
+    _state/lock.json                  the run holding the destination (tasks.lock), while it runs
     _state/gen-000007/shards/ID.jsonl request lines of a shard, written before it is submitted
     _state/gen-000007/batches/ID.json manifest record: shard -> batch id -> status (every change)
     _state/gen-000007/results/ID.parquet  decoded output of a fetched batch

@@ -301,3 +301,25 @@ def test_dask_task_runner_spreads_groups_over_processes(
     assert report.groups == 4
     assert_complete(read_output(destination), pq.read_table(source))
     assert emulator.stats()["lines_received"] == 24 * 3
+
+
+def test_a_second_run_on_a_busy_destination_stops_before_paying(
+    run_flow, corpus, api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tasks.lock
+    from tasks.lock import DestinationBusyError, DestinationLock
+
+    monkeypatch.setattr(tasks.lock, "STALE_AFTER_SECONDS", 2.0)
+    monkeypatch.setattr(tasks.lock, "HEARTBEAT_SECONDS", 0.2)
+    emulator = api()
+    destination = str(tmp_path / "out")
+    # A live run holds the destination (its heartbeat keeps the record fresh).
+    with DestinationLock(destination, flow_run_id="the-nightly-run"):
+        with pytest.raises(DestinationBusyError, match="the-nightly-run"):
+            run_flow(source=corpus(10), destination=destination, batch_api=emulator.base_url)
+        assert emulator.stats()["batches_created"] == 0
+        assert not (tmp_path / "out" / "_state" / "generation.json").exists()
+    # Once it has finished, the same run goes through.
+    report = run_flow(source=corpus(10), destination=destination, batch_api=emulator.base_url)
+    assert report.rows_in == 10
+    assert not (tmp_path / "out" / "_state" / "lock.json").exists()

@@ -1,0 +1,259 @@
+"""One run at a time per destination: a lock record in `_state/lock.json` kept alive by a heartbeat.
+
+Two runs writing one destination would submit the same shards twice (both find them unsent)
+and race on the output. The lock is taken before the run touches its state and released when
+it ends, successfully or not. A run that died without releasing it (SIGKILL, a lost machine)
+leaves a record whose heartbeat stops; the next run takes it over:
+
+- at once if the holder ran on the same host and its process is gone, or if it is the same
+  Prefect flow run (a retry of the run);
+- otherwise once the heartbeat is older than `stale_after_seconds`, waiting for that long.
+
+A live holder keeps its heartbeat fresh, so a second run waits `wait_seconds` and then fails
+with an error that names the holder, before anything is paid for.
+
+Storage has no compare-and-swap here (plain fsspec writes), so after writing its record a run
+reads it back after a short settle time and goes on only if it is still its own: two runs that
+start within that moment cannot both pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tasks.storage import (
+    StorageSettings,
+    filesystem,
+    is_local,
+    join,
+    read_json,
+    remove,
+    write_json_atomic,
+)
+
+LOCK_FILE = "lock.json"
+HEARTBEAT_SECONDS = 30.0
+STALE_AFTER_SECONDS = 120.0
+
+log = logging.getLogger(__name__)
+
+
+class DestinationBusyError(RuntimeError):
+    """Another run holds the destination; the message names it and what to do."""
+
+
+@dataclass(frozen=True)
+class LockRecord:
+    token: str
+    flow_run_id: str
+    host: str
+    pid: int
+    acquired_at: float
+    heartbeat_at: float
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> LockRecord | None:
+        try:
+            return cls(
+                token=str(payload["token"]),
+                flow_run_id=str(payload.get("flow_run_id") or ""),
+                host=str(payload["host"]),
+                pid=int(payload["pid"]),
+                acquired_at=float(payload["acquired_at"]),
+                heartbeat_at=float(payload["heartbeat_at"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None  # an unreadable record protects nothing: treat it as absent
+
+    def describe(self, now: float) -> str:
+        run = f"flow run {self.flow_run_id}" if self.flow_run_id else "a run outside Prefect"
+        return (
+            f"{run} (host {self.host}, pid {self.pid}, last heartbeat "
+            f"{max(0.0, now - self.heartbeat_at):.0f} s ago)"
+        )
+
+
+def _process_is_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # exists, owned by someone else
+    return False
+
+
+class DestinationLock:
+    """Hold `destination/_state/lock.json` for the length of a `with` block."""
+
+    def __init__(
+        self,
+        destination: str,
+        settings: StorageSettings | None = None,
+        flow_run_id: str = "",
+        *,
+        heartbeat_seconds: float | None = None,
+        stale_after_seconds: float | None = None,
+        wait_seconds: float | None = None,
+        clock: Callable[[], float] = time.time,
+        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+    ) -> None:
+        self.destination = destination
+        self.fs, root = filesystem(destination, settings)
+        self.path = join(root, "_state", LOCK_FILE)
+        self.flow_run_id = flow_run_id
+        # Module defaults are read here, not bound at import, so they can be tuned (tests do).
+        self.heartbeat_seconds = heartbeat_seconds or HEARTBEAT_SECONDS
+        self.stale_after_seconds = stale_after_seconds or STALE_AFTER_SECONDS
+        self.wait_seconds = (
+            self.stale_after_seconds + self.heartbeat_seconds
+            if wait_seconds is None
+            else wait_seconds
+        )
+        self._clock = clock
+        self._log = logger or log
+        self._token = uuid.uuid4().hex
+        self._host = socket.gethostname()
+        self._acquired_at = 0.0
+        self._stop = threading.Event()
+        self._lost = threading.Event()
+        self._thread: threading.Thread | None = None
+        # Long enough for a concurrent writer's record to become visible before we check.
+        self._settle_seconds = 0.1 if is_local(self.fs) else 1.0
+
+    # ------------------------------------------------------------------ records
+
+    def _read(self) -> LockRecord | None:
+        payload = read_json(self.fs, self.path)
+        return LockRecord.from_json(payload) if isinstance(payload, dict) else None
+
+    def _write(self) -> None:
+        now = self._clock()
+        record = LockRecord(
+            token=self._token,
+            flow_run_id=self.flow_run_id,
+            host=self._host,
+            pid=os.getpid(),
+            acquired_at=self._acquired_at or now,
+            heartbeat_at=now,
+        )
+        write_json_atomic(self.fs, self.path, asdict(record))
+
+    def _takeover_reason(self, holder: LockRecord | None) -> str | None:
+        """Why this run may take the lock now, or None if it must wait."""
+        if holder is None:
+            return "free"
+        if holder.token == self._token:
+            return "ours"
+        if self.flow_run_id and holder.flow_run_id == self.flow_run_id:
+            return "left by an earlier attempt of this flow run"
+        if holder.host == self._host and _process_is_gone(holder.pid):
+            return f"left by process {holder.pid}, which is gone"
+        if self._clock() - holder.heartbeat_at > self.stale_after_seconds:
+            return f"stale: no heartbeat for {self._clock() - holder.heartbeat_at:.0f} s"
+        return None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def acquire(self) -> None:
+        deadline = self._clock() + self.wait_seconds
+        announced = False
+        while True:
+            holder = self._read()
+            reason = self._takeover_reason(holder)
+            if reason is not None:
+                self._write()
+                time.sleep(self._settle_seconds)
+                current = self._read()
+                if current is not None and current.token == self._token:
+                    if holder is not None and reason != "ours":
+                        self._log.warning(
+                            "took over the lock of %s: %s", holder.describe(self._clock()), reason
+                        )
+                    self._acquired_at = current.acquired_at
+                    self._start_heartbeat()
+                    return
+                continue  # another run wrote its record after ours: look again
+            assert holder is not None
+            now = self._clock()
+            if now >= deadline:
+                raise DestinationBusyError(
+                    f"destination {self.destination!r} is being written by "
+                    f"{holder.describe(now)}. Two runs on one destination would pay twice for "
+                    "the same batches, so this run stops before sending anything: wait for that "
+                    "run to finish, or cancel it. If it is dead, its lock "
+                    f"({self.path}) is taken over once its heartbeat is "
+                    f"{self.stale_after_seconds:.0f} s old; deleting that file frees it now."
+                )
+            if not announced:
+                self._log.warning(
+                    "destination %r is held by %s; waiting up to %.0f s for it",
+                    self.destination,
+                    holder.describe(now),
+                    deadline - now,
+                )
+                announced = True
+            time.sleep(min(5.0, max(0.05, deadline - now)))
+
+    def _start_heartbeat(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._beat, name="destination-lock-heartbeat", daemon=True
+        )
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_seconds):
+            try:
+                current = self._read()
+                if current is None or current.token != self._token:
+                    self._lost.set()
+                    self._log.error(
+                        "lost the lock on %r: %s",
+                        self.destination,
+                        "it was removed"
+                        if current is None
+                        else f"taken over by {current.describe(self._clock())}",
+                    )
+                    return
+                self._write()
+            except Exception as exc:  # a missed beat is retried at the next one
+                self._log.warning("could not renew the lock on %r: %s", self.destination, exc)
+
+    def ensure_held(self) -> None:
+        """Raise if another run took the lock over (this one looked dead to it)."""
+        if self._lost.is_set():
+            raise DestinationBusyError(
+                f"this run lost its lock on {self.destination!r} to another run (its heartbeat "
+                f"was older than {self.stale_after_seconds:.0f} s); it stops so the two do not "
+                "send the same batches. Rerun once the other run has finished."
+            )
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        try:
+            current = self._read()
+            if current is not None and current.token == self._token:
+                remove(self.fs, self.path)
+        except Exception as exc:  # never hide the run's own outcome behind this
+            self._log.warning("could not release the lock on %r: %s", self.destination, exc)
+
+    def __enter__(self) -> DestinationLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            self.release()
