@@ -89,7 +89,12 @@ def _process_is_gone(pid: int) -> bool:
         return True
     except PermissionError:
         return False  # exists, owned by someone else
-    return False
+    # A killed process its parent has not reaped yet still answers; on Linux it shows as Z.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 class DestinationLock:

@@ -124,3 +124,18 @@ def test_a_lock_on_s3(s3_bucket: str, moto_server: str) -> None:
         with pytest.raises(DestinationBusyError):
             DestinationLock(destination, settings, wait_seconds=0).acquire()
     assert not fs.exists(f"{s3_bucket}/enriched/_state/lock.json")
+
+
+def test_a_killed_process_not_yet_reaped_counts_as_gone(tmp_path: Path) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        child.kill()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        write_record(tmp_path, host=socket.gethostname(), pid=child.pid)
+        with DestinationLock(str(tmp_path), wait_seconds=0):
+            assert json.loads(lock_file(tmp_path).read_text())["pid"] == os.getpid()
+    finally:
+        child.wait()
