@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from collections import deque
@@ -25,6 +26,7 @@ from prefect.artifacts import (
 )
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
+from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import Field
 
@@ -297,7 +299,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params = json.loads(Path(args.params).read_text())
     params["enrichments"] = parse_enrichments(params.get("enrichments"))
-    report = enrich_documents(**params)
+    # Without PREFECT_API_URL the run starts a temporary Prefect server; cold, on a busy 2-core
+    # machine, it can need more than Prefect's default 20 s. A value set by the user wins.
+    updates = {}
+    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" not in os.environ:
+        updates[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = 120
+    with temporary_settings(updates=updates):
+        report = enrich_documents(**params)
     print(report.model_dump_json(indent=2))
     return 0
 
