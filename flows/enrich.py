@@ -10,7 +10,9 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -291,6 +293,14 @@ def _storage_settings(block_name: str | None) -> StorageSettings | None:
     return S3Storage.load(block_name).settings()
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # During a run Prefect turns SIGTERM into a Crashed state, then re-delivers it to the
+    # handler that was there before. Under the default handler the process dies at once and
+    # atexit never stops the temporary Prefect server, which is left running; exiting through
+    # SystemExit unwinds normally (the destination lock is released, the server stopped).
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m flows.enrich", description="Run the enrich-documents flow once."
@@ -304,8 +314,14 @@ def main(argv: list[str] | None = None) -> int:
     updates = {}
     if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" not in os.environ:
         updates[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = 120
-    with temporary_settings(updates=updates):
-        report = enrich_documents(**params)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main_thread else None
+    try:
+        with temporary_settings(updates=updates):
+            report = enrich_documents(**params)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     print(report.model_dump_json(indent=2))
     return 0
 

@@ -341,3 +341,55 @@ def test_embedded_backend_resumes_after_sigkill(prefect_api: str, corpus, tmp_pa
     assert output_ids(destination) == Counter(pq.read_table(source).column("id").to_pylist())
     # Once the run succeeded, its emulator database is gone.
     assert not (Path(destination) / "_state" / "embedded-emulator.sqlite").exists()
+
+
+def test_sigterm_stops_the_run_cleanly_with_nothing_left_running(corpus, tmp_path: Path) -> None:
+    """SIGTERM (a supervisor stopping a cron job) ends the command line run as Crashed, marks
+    the generation failed, frees the destination, and leaves no process behind: neither the
+    embedded emulator nor the temporary Prefect server the run started for itself."""
+    import psutil
+
+    destination = tmp_path / "out"
+    job = tmp_path / "job.json"
+    job.write_text(
+        json.dumps(
+            {
+                "source": corpus(300),
+                "destination": str(destination),
+                "enrichments": ENRICHMENTS,
+                "group_size": 100,
+                "max_in_flight": 2,
+                "parallel_groups": 1,
+            }
+        )
+    )
+    # No PREFECT_API_URL: the run starts its own temporary Prefect server.
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    run = subprocess.Popen(
+        [sys.executable, "-m", "flows.enrich", "--params", str(job)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: submitted_batches(str(destination)) >= 2, timeout=150, interval=0.05)
+        children = psutil.Process(run.pid).children(recursive=True)
+        commands = [" ".join(child.cmdline()) for child in children]
+        assert any("prefect.server.api.server" in c for c in commands), commands
+        assert any("batchapi.emulator" in c for c in commands), commands
+        run.send_signal(signal.SIGTERM)
+        _, stderr = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "aborted by a termination signal" in stderr
+    _, alive = psutil.wait_procs(children, timeout=15)
+    assert not alive, [" ".join(p.cmdline()) for p in alive]
+    state = destination / "_state"
+    assert json.loads((state / "generation.json").read_text())["status"] == "failed"
+    assert not (state / "lock.json").exists()
