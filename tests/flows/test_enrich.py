@@ -309,7 +309,7 @@ def test_a_second_run_on_a_busy_destination_stops_before_paying(
     import tasks.lock
     from tasks.lock import DestinationBusyError, DestinationLock
 
-    monkeypatch.setattr(tasks.lock, "STALE_AFTER_SECONDS", 2.0)
+    monkeypatch.setattr(tasks.lock, "STALE_AFTER_SECONDS", 5.0)
     monkeypatch.setattr(tasks.lock, "HEARTBEAT_SECONDS", 0.2)
     emulator = api()
     destination = str(tmp_path / "out")
