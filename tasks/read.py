@@ -6,12 +6,14 @@ makes one pass over the id column only, so bad input is refused before anything 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -149,9 +151,18 @@ def _text_batches(source: Source, columns: list[str] | None) -> Iterator[pa.Reco
         )
 
 
-def _open(source: Source, path: str):
-    fs = source.filesystem
-    return path if is_local(fs) else fs.open(path, "rb")
+@contextlib.contextmanager
+def _parquet_file(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[pq.ParquetFile]:
+    """One file of the source, its handle closed however the reader stops.
+
+    Without pre-buffering, `iter_batches` decodes page by page, so even a file written as one
+    huge row group is never held whole in memory.
+    """
+    if is_local(fs):
+        yield pq.ParquetFile(path, pre_buffer=False)
+        return
+    with fs.open(path, "rb") as handle:
+        yield pq.ParquetFile(handle, pre_buffer=False)
 
 
 def source_schema(source: Source) -> pa.Schema:
@@ -163,20 +174,18 @@ def source_schema(source: Source) -> pa.Schema:
     """
     if source.schema is not None:
         return source.schema
+    fs = source.filesystem
     unified: pa.Schema | None = None
     first_seen: dict[str, str] = {}
     for path in source.paths:
-        opened = _open(source, path)
         try:
-            schema = pq.ParquetFile(opened).schema_arrow.remove_metadata()
+            with _parquet_file(fs, path) as reader:
+                schema = reader.schema_arrow.remove_metadata()
         except (pa.ArrowInvalid, OSError) as exc:
             raise SourceError(
                 f"{_object_id(source, path)!r} in source {source.url!r} is not readable "
                 f"Parquet: {exc}"
             ) from None
-        finally:
-            if not isinstance(opened, str):
-                opened.close()
         if unified is None:
             unified = schema
         else:
@@ -225,25 +234,21 @@ def iter_record_batches(
     schema = source_schema(source)
     names = columns or schema.names
     target = pa.schema([schema.field(n) for n in names])
+    fs = source.filesystem
     for path in source.paths:
-        # ParquetFile.iter_batches without pre-buffering decodes page by page, so even a
-        # file written as one huge row group is never held whole in memory.
-        opened = _open(source, path)
-        reader = pq.ParquetFile(opened, pre_buffer=False)
-        present = [n for n in names if n in reader.schema_arrow.names]
-        for batch in reader.iter_batches(batch_size=_SCAN_BATCH_ROWS, columns=present):
-            # Files of one source may differ in column order, types or lack a column: unify.
-            yield pa.RecordBatch.from_arrays(
-                [
-                    batch.column(n).cast(field.type)
-                    if n in present
-                    else pa.nulls(batch.num_rows, field.type)
-                    for n, field in zip(names, target, strict=True)
-                ],
-                schema=target,
-            )
-        if not isinstance(opened, str):
-            opened.close()
+        with _parquet_file(fs, path) as reader:
+            present = [n for n in names if n in reader.schema_arrow.names]
+            for batch in reader.iter_batches(batch_size=_SCAN_BATCH_ROWS, columns=present):
+                # Files of one source may differ in column order, types or lack a column.
+                yield pa.RecordBatch.from_arrays(
+                    [
+                        batch.column(n).cast(field.type)
+                        if n in present
+                        else pa.nulls(batch.num_rows, field.type)
+                        for n, field in zip(names, target, strict=True)
+                    ],
+                    schema=target,
+                )
 
 
 def iter_groups(source: Source, group_size: int) -> Iterator[pa.Table]:
