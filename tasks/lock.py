@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from tasks.state import STATE_FOLDER
 from tasks.storage import (
     StorageSettings,
     filesystem,
@@ -114,7 +115,7 @@ class DestinationLock:
     ) -> None:
         self.destination = destination
         self.fs, root = filesystem(destination, settings)
-        self.path = join(root, "_state", LOCK_FILE)
+        self.path = join(root, STATE_FOLDER, LOCK_FILE)
         self.flow_run_id = flow_run_id
         # Module defaults are read here, not bound at import, so they can be tuned (tests do).
         self.heartbeat_seconds = heartbeat_seconds or HEARTBEAT_SECONDS

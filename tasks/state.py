@@ -41,6 +41,9 @@ from tasks.storage import (
     write_json_atomic,
 )
 
+# Beside the dataset under the destination; pyarrow's discovery skips names starting with "_".
+STATE_FOLDER = "_state"
+
 RESULT_SCHEMA = pa.schema(
     [
         ("custom_id", pa.string()),
@@ -152,7 +155,7 @@ class RunState:
     def __init__(self, destination: str, settings: StorageSettings | None = None) -> None:
         self.destination = destination
         self.fs, self.root = filesystem(destination, settings)
-        self.state_root = join(self.root, "_state")
+        self.state_root = join(self.root, STATE_FOLDER)
         self.generation = 0
         self.resumed = False
         self.last_succeeded: int | None = None
