@@ -12,16 +12,21 @@ leaves a record whose heartbeat stops; the next run takes it over:
 A live holder keeps its heartbeat fresh, so a second run waits `wait_seconds` and then fails
 with an error that names the holder, before anything is paid for.
 
-Storage has no compare-and-swap here (plain fsspec writes), so after writing its record a run
-reads it back after a short settle time and goes on only if it is still its own: two runs that
-start within that moment cannot both pass.
+The lock is taken with a create-if-absent write, which the storage decides atomically: an
+`O_EXCL` open locally, a PUT with `If-None-Match: *` on S3. Of two runs racing to start, the
+storage lets exactly one create the record; the other sees the winner's record. Taking over a
+dead holder's record goes through the same primitive: the run that creates the claim
+`lock.takeover-<holder token>-<heartbeat>` next to it is the only one that may replace that
+exact record, so two runs finding the same dead holder cannot both take it over.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import posixpath
 import socket
 import threading
 import time
@@ -30,26 +35,48 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import fsspec
+
 from tasks.state import STATE_FOLDER
-from tasks.storage import (
-    StorageSettings,
-    filesystem,
-    is_local,
-    join,
-    read_json,
-    remove,
-    write_json_atomic,
-)
+from tasks.storage import StorageSettings, filesystem, is_local, join, remove, write_json_atomic
 
 LOCK_FILE = "lock.json"
+TAKEOVER_PREFIX = "lock.takeover-"
 HEARTBEAT_SECONDS = 30.0
 STALE_AFTER_SECONDS = 120.0
+# Locally the record is written right after its exclusive create: a reader may meet the file
+# empty for that instant. A record unreadable for longer than this was left half-written.
+_UNREADABLE_GRACE_SECONDS = 2.0
 
 log = logging.getLogger(__name__)
 
 
 class DestinationBusyError(RuntimeError):
     """Another run holds the destination; the message names it and what to do."""
+
+
+def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:
+    """Write `path` only if it does not exist; False when it already did.
+
+    The storage decides, so of several writers racing for one path exactly one gets True.
+    """
+    if is_local(fs):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return True
+    try:
+        # s3fs sends `If-None-Match: *`; S3 answers 412 if the key exists.
+        fs.pipe_file(path, data, mode="create")
+    except FileExistsError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -73,14 +100,30 @@ class LockRecord:
                 heartbeat_at=float(payload["heartbeat_at"]),
             )
         except (KeyError, TypeError, ValueError):
-            return None  # an unreadable record protects nothing: treat it as absent
+            return None
+
+    @classmethod
+    def unreadable(cls, modified_at: float) -> LockRecord:
+        """A record that cannot be parsed still holds the lock, aged by its modification time."""
+        return cls(
+            token=f"unreadable-{modified_at:.3f}",
+            flow_run_id="",
+            host="",
+            pid=0,
+            acquired_at=modified_at,
+            heartbeat_at=modified_at,
+        )
+
+    @property
+    def is_unreadable(self) -> bool:
+        return self.token.startswith("unreadable-")
 
     def describe(self, now: float) -> str:
+        age = max(0.0, now - self.heartbeat_at)
+        if self.is_unreadable:
+            return f"an unreadable lock record (written {age:.0f} s ago)"
         run = f"flow run {self.flow_run_id}" if self.flow_run_id else "a run outside Prefect"
-        return (
-            f"{run} (host {self.host}, pid {self.pid}, last heartbeat "
-            f"{max(0.0, now - self.heartbeat_at):.0f} s ago)"
-        )
+        return f"{run} (host {self.host}, pid {self.pid}, last heartbeat {age:.0f} s ago)"
 
 
 def _process_is_gone(pid: int) -> bool:
@@ -130,36 +173,80 @@ class DestinationLock:
         self._token = uuid.uuid4().hex
         self._host = socket.gethostname()
         self._acquired_at = 0.0
+        self._claim: str | None = None
         self._stop = threading.Event()
         self._lost = threading.Event()
         self._thread: threading.Thread | None = None
-        # Long enough for a concurrent writer's record to become visible before we check.
-        self._settle_seconds = 0.1 if is_local(self.fs) else 1.0
 
     # ------------------------------------------------------------------ records
 
+    def _modified_at(self) -> float:
+        try:
+            return self.fs.modified(self.path).timestamp()
+        except (OSError, NotImplementedError):
+            return self._clock()
+
     def _read(self) -> LockRecord | None:
-        payload = read_json(self.fs, self.path)
-        return LockRecord.from_json(payload) if isinstance(payload, dict) else None
+        """The current record; None when there is none."""
+        while True:
+            try:
+                raw = self.fs.cat_file(self.path)
+            except FileNotFoundError:
+                return None
+            try:
+                payload = json.loads(raw)
+            except ValueError:
+                payload = None
+            record = LockRecord.from_json(payload) if isinstance(payload, dict) else None
+            if record is not None:
+                return record
+            modified_at = self._modified_at()
+            if time.time() - modified_at > _UNREADABLE_GRACE_SECONDS:
+                return LockRecord.unreadable(modified_at)
+            time.sleep(0.02)  # most likely a record being written right now: look again
+
+    def _record(self) -> dict[str, Any]:
+        now = self._clock()
+        return asdict(
+            LockRecord(
+                token=self._token,
+                flow_run_id=self.flow_run_id,
+                host=self._host,
+                pid=os.getpid(),
+                acquired_at=self._acquired_at or now,
+                heartbeat_at=now,
+            )
+        )
 
     def _write(self) -> None:
-        now = self._clock()
-        record = LockRecord(
-            token=self._token,
-            flow_run_id=self.flow_run_id,
-            host=self._host,
-            pid=os.getpid(),
-            acquired_at=self._acquired_at or now,
-            heartbeat_at=now,
-        )
-        write_json_atomic(self.fs, self.path, asdict(record))
+        write_json_atomic(self.fs, self.path, self._record())
 
-    def _takeover_reason(self, holder: LockRecord | None) -> str | None:
+    def _create(self) -> bool:
+        self._acquired_at = self._clock()
+        data = json.dumps(self._record(), sort_keys=True, indent=1).encode()
+        return create_exclusive(self.fs, self.path, data)
+
+    def _take_over(self, holder: LockRecord) -> bool:
+        """Replace exactly `holder`'s record, unless another run is replacing it too."""
+        claim = posixpath.join(
+            posixpath.dirname(self.path),
+            f"{TAKEOVER_PREFIX}{holder.token}-{round(holder.heartbeat_at * 1000)}",
+        )
+        if not create_exclusive(self.fs, claim, self._token.encode()):
+            return False
+        current = self._read()
+        if current != holder:
+            # The record changed since we judged it (its holder beat, or it was freed and
+            # created anew): that record is not ours to replace. Look again.
+            remove(self.fs, claim)
+            return False
+        self._claim = claim
+        self._acquired_at = self._clock()
+        self._write()
+        return True
+
+    def _takeover_reason(self, holder: LockRecord) -> str | None:
         """Why this run may take the lock now, or None if it must wait."""
-        if holder is None:
-            return "free"
-        if holder.token == self._token:
-            return "ours"
         if self.flow_run_id and holder.flow_run_id == self.flow_run_id:
             return "left by an earlier attempt of this flow run"
         if holder.host == self._host and _process_is_gone(holder.pid):
@@ -175,21 +262,20 @@ class DestinationLock:
         announced = False
         while True:
             holder = self._read()
+            if holder is None:
+                if self._create():
+                    break
+                continue  # another run created it first: look at who
+            if holder.token == self._token:
+                break
             reason = self._takeover_reason(holder)
             if reason is not None:
-                self._write()
-                time.sleep(self._settle_seconds)
-                current = self._read()
-                if current is not None and current.token == self._token:
-                    if holder is not None and reason != "ours":
-                        self._log.warning(
-                            "took over the lock of %s: %s", holder.describe(self._clock()), reason
-                        )
-                    self._acquired_at = current.acquired_at
-                    self._start_heartbeat()
-                    return
-                continue  # another run wrote its record after ours: look again
-            assert holder is not None
+                if self._take_over(holder):
+                    self._log.warning(
+                        "took over the lock of %s: %s", holder.describe(self._clock()), reason
+                    )
+                    break
+                holder = self._read() or holder  # who won the takeover, if it is done
             now = self._clock()
             if now >= deadline:
                 raise DestinationBusyError(
@@ -208,7 +294,10 @@ class DestinationLock:
                     deadline - now,
                 )
                 announced = True
-            time.sleep(min(5.0, max(0.05, deadline - now)))
+            # A takeover another run is in the middle of finishes in moments.
+            pause = 0.05 if reason is not None else min(5.0, max(0.05, deadline - now))
+            time.sleep(pause)
+        self._start_heartbeat()
 
     def _start_heartbeat(self) -> None:
         self._stop.clear()
@@ -253,6 +342,11 @@ class DestinationLock:
             current = self._read()
             if current is not None and current.token == self._token:
                 remove(self.fs, self.path)
+            if self._claim is not None:
+                # Only after the record it guarded is gone: a late run still holding a view
+                # of that old record then finds it replaced and does not take it over.
+                remove(self.fs, self._claim)
+                self._claim = None
         except Exception as exc:  # never hide the run's own outcome behind this
             self._log.warning("could not release the lock on %r: %s", self.destination, exc)
 
