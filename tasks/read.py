@@ -46,6 +46,8 @@ class Source:
     settings: StorageSettings | None = field(default=None, repr=False)
     columns: tuple[str, ...] = ()
     num_rows: int = 0
+    # The folder the paths are found under: local text objects get ids relative to it.
+    root: str = ""
     # The schema every file is read as (Parquet only); found by `validate_source`.
     schema: pa.Schema | None = field(default=None, repr=False, compare=False)
 
@@ -75,7 +77,8 @@ def resolve_source(
     try:
         if _has_glob(path):
             files = sorted(p for p in fs.glob(path) if fs.isfile(p))
-            root = path.split("*")[0].rsplit("/", 1)[0]
+            fixed = path[: min(path.find(c) for c in "*?[" if c in path)]
+            root = fixed.rsplit("/", 1)[0]
         elif fs.isdir(path):
             files = sorted(fs.find(path))
             root = path
@@ -94,18 +97,24 @@ def resolve_source(
     parquet = [f for f in files if f.endswith((".parquet", ".parq", ".pq"))]
     texts = [f for f in files if f.endswith(TEXT_SUFFIXES)]
     if parquet:
-        return Source(url, "parquet", tuple(parquet), id_column, text_column, settings)
+        return Source(url, "parquet", tuple(parquet), id_column, text_column, settings, root=root)
     if texts:
-        return Source(url, "text", tuple(texts), id_column, text_column, settings)
+        return Source(url, "text", tuple(texts), id_column, text_column, settings, root=root)
     raise SourceError(
         f"source {url!r} is empty: it holds no Parquet files and no .txt/.md/.json objects"
     )
 
 
 def _object_id(source: Source, path: str) -> str:
-    # id = object key (for S3 the key without the bucket; locally the path under the source).
+    """An object's id: on S3 its key (without the bucket); locally its path under the folder.
+
+    Local ids are relative so that moving or renaming the folder keeps every document's id,
+    and with it what an incremental run carries over.
+    """
     if source.url.startswith(("s3://", "s3a://")):
         return path.split("/", 1)[1] if "/" in path else path
+    if source.root:
+        return posixpath.relpath(path, source.root)
     return path
 
 

@@ -130,3 +130,26 @@ def test_a_file_that_is_not_parquet_is_named(tmp_path) -> None:
     with pytest.raises(SourceError) as caught:
         validate_source.fn(str(folder))
     assert "b.parquet" in str(caught.value) and "not readable Parquet" in str(caught.value)
+
+
+def _ids(url: str) -> list[str]:
+    (group,) = iter_groups(validate_source.fn(url), 10)
+    return group.column("id").to_pylist()
+
+
+def test_text_objects_in_a_local_folder_keep_their_ids_when_the_folder_moves(tmp_path) -> None:
+    notes = tmp_path / "night-1" / "notes"
+    (notes / "2026" / "11").mkdir(parents=True)
+    (notes / "a.txt").write_text("first")
+    (notes / "2026" / "11" / "b.md").write_text("second")
+    before = _ids(str(notes))
+    assert before == ["2026/11/b.md", "a.txt"]
+
+    moved = tmp_path / "archive" / "renamed"
+    moved.parent.mkdir()
+    notes.rename(moved)
+    assert _ids(str(moved)) == before
+    # A glob names objects relative to the folder it starts in, a single object by its name.
+    assert _ids(str(moved / "*.txt")) == ["a.txt"]
+    assert _ids(str(moved / "2026" / "*" / "b.m?")) == ["11/b.md"]
+    assert _ids(str(moved / "a.txt")) == ["a.txt"]
