@@ -58,6 +58,7 @@ from batchapi.models import (
     RequestLine,
     encode_jsonl,
     iter_jsonl,
+    parse_batch_reply,
 )
 
 __all__ = [
@@ -203,9 +204,12 @@ def _describe(error: Mapping[str, Any]) -> str:
 
 
 def parse_batch(payload: bytes | str | Mapping[str, Any]) -> Batch:
-    """Read a Batch object of either docs revision (A: `batch_id`, `queued`, `*_count`)."""
+    """Read a Batch object of either docs revision (A: `batch_id`, `queued`, `*_count`).
+
+    A reply of neither shape raises `BatchShapeError` (a ValueError) naming its fields.
+    """
     data = payload if isinstance(payload, Mapping) else json.loads(payload)
-    return Batch.model_validate(data)
+    return parse_batch_reply(data)
 
 
 def parse_output(payload: bytes | str) -> list[OutputLine]:

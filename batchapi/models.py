@@ -2,8 +2,8 @@
 
 Both the client and the emulator import these models, so a request line, a Batch object and
 an output line are defined exactly once. The reference is revision B of the batch docs
-(OpenAI-shaped); the models also *read* revision A (see `Batch`) because the live service's
-revision is unverified.
+(OpenAI-shaped); revision A's batch reply (`RevisionABatch`) sits beside it, because the live
+service's revision is unverified: the client reads both, the emulator speaks either.
 
 Choices made where the public docs are silent ([GAP] in the spec) are marked `GAP:` below.
 """
@@ -11,11 +11,19 @@ Choices made where the public docs are silent ([GAP] in the spec) are marked `GA
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 CHAT_COMPLETIONS_URL = "/v1/chat/completions"
 MODELS: tuple[str, ...] = ("extract", "summarize", "classify")
@@ -137,8 +145,26 @@ class BatchStatus(StrEnum):
         return self in (BatchStatus.COMPLETED, BatchStatus.FAILED)
 
 
-# Revision A's vocabulary, read as revision B.
-_REVISION_A_STATUS = {"queued": "validating", "processing": "in_progress"}
+class Revision(StrEnum):
+    """The two revisions of the batch docs (spec §0). B is the later, OpenAI-shaped one."""
+
+    A = "A"
+    B = "B"
+
+
+RevisionAStatus = Literal["queued", "processing", "completed", "failed"]
+_A_TO_B: dict[str, BatchStatus] = {
+    "queued": BatchStatus.VALIDATING,
+    "processing": BatchStatus.IN_PROGRESS,
+    "completed": BatchStatus.COMPLETED,
+    "failed": BatchStatus.FAILED,
+}
+_B_TO_A: dict[BatchStatus, RevisionAStatus] = {
+    BatchStatus.VALIDATING: "queued",
+    BatchStatus.IN_PROGRESS: "processing",
+    BatchStatus.COMPLETED: "completed",
+    BatchStatus.FAILED: "failed",
+}
 
 
 class RequestCounts(BaseModel):
@@ -148,8 +174,30 @@ class RequestCounts(BaseModel):
     failed: int = 0
 
 
+class BatchShapeError(ValueError):
+    """A reply that is neither revision's Batch object; the message names the fields found."""
+
+
+_MAX_FIELDS_SHOWN = 12
+
+
+def _fields_found(data: Mapping[str, Any]) -> str:
+    names = [f"`{str(name)[:40]}`" for name in list(data)[:_MAX_FIELDS_SHOWN]]
+    more = len(data) - len(names)
+    return (", ".join(names) or "none") + (f" and {more} more" if more > 0 else "")
+
+
+def _neither_revision(data: Mapping[str, Any]) -> BatchShapeError:
+    return BatchShapeError(
+        "the reply matches neither documented revision of the Batch object (revision B has "
+        "`id`, `status`, `request_counts`; revision A has `batch_id`, `status`, `total_count`); "
+        f"its fields are: {_fields_found(data)}"
+    )
+
+
 class Batch(BaseModel):
-    """The Batch object of revision B (spec §2); revision A responses are normalised into it."""
+    """The Batch object of revision B (spec §2); revision A replies are read through
+    `RevisionABatch` into it."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -168,25 +216,93 @@ class Batch(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _accept_revision_a(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
+        if not isinstance(data, Mapping) or "id" in data:
             return data
-        data = dict(data)
-        if "id" not in data and "batch_id" in data:
-            data["id"] = data.pop("batch_id")
-        status = data.get("status")
-        if isinstance(status, str):
-            data["status"] = _REVISION_A_STATUS.get(status, status)
-        if "request_counts" not in data and "total_count" in data:
-            data["request_counts"] = {
-                "total": data.get("total_count") or 0,
-                "completed": data.get("completed_count") or 0,
-                "failed": data.get("failed_count") or 0,
-            }
-        return data
+        if "batch_id" in data:
+            return RevisionABatch.model_validate(data).to_batch().model_dump()
+        raise _neither_revision(data)
 
     @property
     def is_terminal(self) -> bool:
         return self.status.is_terminal
+
+
+class RevisionABatch(BaseModel):
+    """The batch reply of revision A (spec §1.4, §2.1), beside revision B's `Batch`.
+
+    The create reply carries `batch_id`, `status` (`queued`) and `total_count`; the status
+    reply adds `completed_count` and `failed_count`. Read, it becomes a `Batch`.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    batch_id: str = Field(min_length=1)
+    status: RevisionAStatus
+    total_count: int = Field(ge=0)
+    completed_count: int | None = Field(default=None, ge=0)
+    failed_count: int | None = Field(default=None, ge=0)
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _accept_revision_b_words(cls, value: Any) -> Any:
+        # A server between the two revisions might mix the vocabularies; read B's words too.
+        if isinstance(value, str) and value in _B_TO_A:
+            return _B_TO_A[BatchStatus(value)]
+        return value
+
+    @classmethod
+    def of(cls, batch: Batch, *, created: bool = False) -> RevisionABatch:
+        """Revision A's view of `batch`: the create reply (`created`) has no per-state counts."""
+        counts = batch.request_counts
+        return cls(
+            batch_id=batch.id,
+            status=_B_TO_A[batch.status],
+            total_count=counts.total,
+            completed_count=None if created else counts.completed,
+            failed_count=None if created else counts.failed,
+        )
+
+    def to_batch(self) -> Batch:
+        return Batch(
+            id=self.batch_id,
+            status=_A_TO_B[self.status],
+            request_counts=RequestCounts(
+                total=self.total_count,
+                completed=self.completed_count or 0,
+                failed=self.failed_count or 0,
+            ),
+        )
+
+    def to_json(self) -> str:
+        return self.model_dump_json(exclude_none=True)
+
+
+def parse_batch_reply(data: Any) -> Batch:
+    """Read a batch reply of either revision (B: `id`; A: `batch_id`) as a `Batch`.
+
+    Raises `BatchShapeError` naming the fields found when it is neither, or when it looks
+    like one revision but lacks what that revision requires.
+    """
+    if not isinstance(data, Mapping):
+        raise BatchShapeError(
+            f"the reply is a JSON {type(data).__name__}, not an object holding a batch"
+        )
+    key, revision = ("id", "B") if "id" in data else ("batch_id", "A")
+    if key not in data:
+        raise _neither_revision(data)
+    try:
+        if revision == "B":
+            return Batch.model_validate(dict(data))
+        return RevisionABatch.model_validate(dict(data)).to_batch()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, error['loc'])) or 'reply'}: {error['msg']}"
+            for error in exc.errors(include_url=False)[:3]
+        )
+        raise BatchShapeError(
+            f"the reply looks like revision {revision}'s Batch object (it has `{key}`) but "
+            f"{problems}; its fields are: {_fields_found(data)}"
+        ) from None
 
 
 # --------------------------------------------------------------------------- domain results
@@ -286,6 +402,21 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[Choice] = Field(min_length=1)
     usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    """One entry of `GET /v1/models` (spec §5.4), in OpenAI's shape."""
+
+    id: str
+    object: Literal["model"] = "model"
+    # GAP: `created` and `owned_by` of a model are undocumented; OpenAI's SDK requires both.
+    created: int = 0
+    owned_by: str = "scaledown"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
 
 
 class LineResponse(BaseModel):

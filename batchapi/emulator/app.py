@@ -1,4 +1,5 @@
-"""The emulator's HTTP surface: revision B of the Batch API plus the three realtime endpoints."""
+"""The emulator's HTTP surface: the Batch API in revision B (default) or A, the three realtime
+endpoints and the synchronous OpenAI-compatible ones."""
 
 from __future__ import annotations
 
@@ -20,9 +21,19 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from batchapi.emulator import engine
 from batchapi.emulator.config import EmulatorConfig
 from batchapi.emulator.faults import HttpFaults
-from batchapi.emulator.store import Store, StoredBatch
+from batchapi.emulator.openai_compat import install_openai_errors, openai_router
+from batchapi.emulator.store import OpenBatchCapReached, Store, StoredBatch
 from batchapi.emulator.worker import Worker
-from batchapi.models import MODELS, ClassifyBody, ExtractBody, SummarizeBody, iter_jsonl
+from batchapi.models import (
+    MODELS,
+    Batch,
+    ClassifyBody,
+    ExtractBody,
+    Revision,
+    RevisionABatch,
+    SummarizeBody,
+    iter_jsonl,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +41,26 @@ REALTIME_PATHS = frozenset({"/extract", "/summarization/abstractive", "/classify
 _MODEL_CHOICES = ", ".join(repr(model) for model in MODELS)
 _NOTHING_QUEUED = "Nothing in this request was queued."
 
-# GAP: the error body format is undocumented. Every non-2xx JSON body is {"detail": "..."}
-# (FastAPI's shape, seen in a third-party adapter), and realtime schema errors are FastAPI 422s.
+# GAP: the error body format is undocumented in both revisions. Every non-2xx JSON body is
+# {"detail": "..."} (FastAPI's shape, seen in a third-party adapter), and schema errors of the
+# realtime and chat endpoints are FastAPI 422s.
+
+# GAP: batch id formats beyond the docs' examples `batch_abc123` (B) and `batch-abc123` (A):
+# that prefix and 24 hex digits.
+_ID_PREFIX = {Revision.B: "batch_", Revision.A: "batch-"}
+
+
+def new_batch_id(revision: Revision) -> str:
+    return f"{_ID_PREFIX[revision]}{secrets.token_hex(12)}"
+
+
+def batch_reply(batch: Batch, revision: Revision, *, created: bool = False) -> Response:
+    """A batch as the revision shows it: B's Batch object, or A's `batch_id`/`*_count` reply."""
+    if revision is Revision.A:
+        body = RevisionABatch.of(batch, created=created).to_json()
+    else:
+        body = batch.model_dump_json()
+    return Response(body, media_type="application/json")
 
 
 class Emulator:
@@ -46,7 +75,7 @@ class Emulator:
             db_path = self._tempdir / "emulator.sqlite3"
         self.store = Store(db_path)
         self.worker = Worker(self.store, config)
-        self.http_faults = HttpFaults(config.seed, config.http_fault_rate)
+        self.http_faults = HttpFaults(config.seed, config.http_fault_rate, config.revision)
 
     def stats(self) -> dict[str, int]:
         return self.store.stats(time.time())
@@ -85,9 +114,10 @@ def parse_submission(payload: bytes, config: EmulatorConfig) -> list[dict[str, A
             "request body has no lines. Send one JSON object per line, each with custom_id, "
             "method, url and body."
         )
-    if len(items) > config.max_lines:
+    limit = config.line_limit
+    if limit is not None and len(items) > limit:
         raise SubmissionError(
-            f"batch has {len(items)} lines; the limit is {config.max_lines} lines per batch. "
+            f"batch has {len(items)} lines; the limit is {limit} lines per batch. "
             f"Split it into several batches. {_NOTHING_QUEUED}"
         )
     for number, item in zip(_line_numbers(text, len(items)), items, strict=True):
@@ -139,7 +169,7 @@ async def _read_capped(request: Request, limit: int) -> bytes:
 
 
 class FaultInjection:
-    """Answers a share of API requests with 429/500/503 before anything else runs.
+    """Answers a share of API requests with 429 or a 5xx before anything else runs.
 
     GAP: no rate limits are documented for batch; 429s here are injected faults only, with
     Retry-After: 0 so that clients retrying in tests do not sleep.
@@ -191,12 +221,30 @@ def create_app(config: EmulatorConfig) -> FastAPI:
         if expected is None:
             return
         given = request.headers.get("x-api-key")
+        if given is None and "authorization" in request.headers:
+            # GAP: no page documents Bearer auth; an OpenAI SDK caller needs telling how.
+            raise HTTPException(
+                401,
+                "missing x-api-key header: this API takes the key in x-api-key, not in "
+                "Authorization (OpenAI SDK: default_headers={'x-api-key': key})",
+            )
         if given is None:
             raise HTTPException(401, "missing x-api-key header: send your API key in it")
         if not hmac.compare_digest(given.encode(), expected.encode()):
             raise HTTPException(401, "invalid API key in the x-api-key header")
 
+    def require_router() -> None:
+        if not config.batch_router_configured:
+            # Revision A's error table: 503 when the batch router is not configured.
+            raise HTTPException(
+                503,
+                "batch router not configured: this server cannot take batches; ask its "
+                "operator, or use the realtime endpoints",
+            )
+
     authorised = [Depends(require_key)]
+    batches = [*authorised, Depends(require_router)]
+    revision = config.revision
 
     @app.exception_handler(SubmissionError)
     async def _bad_submission(_: Request, exc: SubmissionError) -> JSONResponse:
@@ -209,18 +257,33 @@ def create_app(config: EmulatorConfig) -> FastAPI:
 
     # ------------------------------------------------------------------ batch API
 
-    @app.post("/v1/batches", dependencies=authorised)
+    @app.post("/v1/batches", dependencies=batches)
     async def create_batch(request: Request) -> Response:
         payload = await _read_capped(request, config.max_bytes)
         items = parse_submission(payload, config)
-        # GAP: the id format beyond the example `batch_abc123`; ours is batch_ + 24 hex digits.
-        batch_id = f"batch_{secrets.token_hex(12)}"
-        stored = store.create_batch(
-            batch_id, int(time.time()), payload, [item["custom_id"] for item in items]
-        )
+        batch_id = new_batch_id(revision)
+        now = time.time()
+        try:
+            stored = store.create_batch(
+                batch_id,
+                int(now),
+                payload,
+                [item["custom_id"] for item in items],
+                max_open=config.max_open_batches,
+                now=now,
+            )
+        except OpenBatchCapReached as exc:
+            # GAP: neither revision documents a cap on open batches nor a 429 for batches;
+            # this one models a provider's queue limit, with a fixed Retry-After.
+            raise HTTPException(
+                429,
+                f"{exc.open_batches} batches are open; the limit is {config.max_open_batches}. "
+                f"Retry after a batch completes. {_NOTHING_QUEUED}",
+                headers={"Retry-After": str(config.open_cap_retry_after)},
+            ) from None
         worker.submit(batch_id)
         # GAP: the success status of a submission is undocumented; we answer 200.
-        return Response(stored.view(time.time()).model_dump_json(), media_type="application/json")
+        return batch_reply(stored.view(now), revision, created=True)
 
     def stored_or_404(batch_id: str) -> StoredBatch:
         stored = store.get(batch_id)
@@ -228,18 +291,20 @@ def create_app(config: EmulatorConfig) -> FastAPI:
             raise HTTPException(404, f"no batch with id {batch_id!r}")
         return stored
 
-    @app.get("/v1/batches/{batch_id}", dependencies=authorised)
+    # GAP: revision A's error table has no 404; an unknown id (and output asked for too early)
+    # is a 404 in both revisions, as revision B documents.
+    @app.get("/v1/batches/{batch_id}", dependencies=batches)
     def get_batch(batch_id: str) -> Response:
-        stored = stored_or_404(batch_id)
-        return Response(stored.view(time.time()).model_dump_json(), media_type="application/json")
+        return batch_reply(stored_or_404(batch_id).view(time.time()), revision)
 
-    @app.get("/v1/batches/{batch_id}/output", dependencies=authorised)
+    @app.get("/v1/batches/{batch_id}/output", dependencies=batches)
     def get_output(batch_id: str) -> Response:
         stored = stored_or_404(batch_id)
         now = time.time()
         if not stored.is_visible_terminal(now):
             # Revision B documents 404 (not 409) for output that does not exist yet.
-            status = stored.view(now).status.value
+            view = stored.view(now)
+            status = RevisionABatch.of(view).status if revision is Revision.A else view.status
             raise HTTPException(
                 404,
                 f"batch {batch_id!r} is {status}; its output exists once the status is "
@@ -272,6 +337,13 @@ def create_app(config: EmulatorConfig) -> FastAPI:
     @app.post("/classify", dependencies=authorised)
     def classify(body: ClassifyBody) -> dict[str, Any]:
         return run_engine(body)
+
+    # ------------------------------------------------------------------ OpenAI-compatible
+
+    app.include_router(
+        openai_router(authorised, int(time.time()), lambda: store.bump("chat_completions"))
+    )
+    install_openai_errors(app)
 
     # ------------------------------------------------------------------ test hooks
 

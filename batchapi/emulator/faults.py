@@ -10,7 +10,14 @@ import hashlib
 import random
 import threading
 
-HTTP_FAULT_STATUSES: tuple[int, ...] = (429, 500, 503)
+from batchapi.models import Revision
+
+# GAP: the statuses of injected faults. 429 is no documented batch status but is what a real
+# service sheds load with; revision A's table adds 502 and 503 for its backend and router.
+HTTP_FAULT_STATUSES: dict[Revision, tuple[int, ...]] = {
+    Revision.B: (429, 500, 503),
+    Revision.A: (429, 502, 503),
+}
 
 
 def draw(seed: int, *key: object) -> float:
@@ -28,10 +35,11 @@ def batch_fails(seed: int, rate: float, batch_seq: int) -> bool:
 
 
 class HttpFaults:
-    """Decides, request by request, whether to answer with an injected 429/500/503."""
+    """Decides, request by request, whether to answer with an injected 429 or 5xx."""
 
-    def __init__(self, seed: int, rate: float) -> None:
+    def __init__(self, seed: int, rate: float, revision: Revision = Revision.B) -> None:
         self._rate = rate
+        self._statuses = HTTP_FAULT_STATUSES[revision]
         self._random = random.Random(seed)
         self._lock = threading.Lock()
 
@@ -41,4 +49,4 @@ class HttpFaults:
         with self._lock:
             if self._random.random() >= self._rate:
                 return None
-            return self._random.choice(HTTP_FAULT_STATUSES)
+            return self._random.choice(self._statuses)

@@ -19,6 +19,7 @@ import uvicorn
 
 from batchapi.emulator.app import Emulator, create_app
 from batchapi.emulator.config import EmulatorConfig
+from batchapi.emulator.store import Store
 
 _STARTUP_TIMEOUT_S = 10.0
 
@@ -71,6 +72,11 @@ class RunningEmulator:
     def stats(self) -> dict[str, int]:
         return self._emulator.stats()
 
+    @property
+    def store(self) -> Store:
+        """The emulator's database, for tests that look behind the HTTP surface."""
+        return self._emulator.store
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop serving; idempotent. Unfinished batches stay in the database for a restart."""
         self._server.should_exit = True
@@ -113,7 +119,11 @@ def start_emulator(config: EmulatorConfig | None = None, **overrides: Any) -> Ru
 def running_emulator(
     config: EmulatorConfig | None = None, **overrides: Any
 ) -> Iterator[RunningEmulator]:
-    """`with running_emulator(api_key="k") as emu: httpx.get(emu.base_url + ...)`."""
+    """`with running_emulator(api_key="k") as emu: httpx.get(emu.base_url + ...)`.
+
+    Any `EmulatorConfig` field is an override: `running_emulator(revision="A",
+    max_open_batches=4, latency=2, latency_jitter=0.8, seed=1)`.
+    """
     running = start_emulator(config, **overrides)
     try:
         yield running

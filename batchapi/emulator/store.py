@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS batches (
     request BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS batches_status ON batches (status);
+CREATE INDEX IF NOT EXISTS batches_visible_at ON batches (visible_at);
 CREATE TABLE IF NOT EXISTS outputs (
     batch_id TEXT PRIMARY KEY REFERENCES batches (id),
     body BLOB NOT NULL
@@ -48,6 +49,16 @@ CREATE TABLE IF NOT EXISTS counters (
 
 _BATCH_COLUMNS = "seq, id, created_at, status, total, completed, failed, started_at, visible_at"
 _UNFINISHED = (BatchStatus.VALIDATING.value, BatchStatus.IN_PROGRESS.value)
+# Open as a client sees it: unfinished, or finished but still shown in progress (latency).
+_OPEN_SQL = "SELECT count(*) FROM batches WHERE status IN (?, ?) OR visible_at > ?"
+
+
+class OpenBatchCapReached(Exception):
+    """A submission refused because `max_open` batches are not terminal yet."""
+
+    def __init__(self, open_batches: int) -> None:
+        super().__init__(f"{open_batches} batches are open")
+        self.open_batches = open_batches
 
 
 @dataclass(frozen=True)
@@ -115,6 +126,14 @@ def _count_second_times(
             )
 
 
+def _add(conn: sqlite3.Connection, counter: str, by: int) -> None:
+    conn.execute(
+        "INSERT INTO counters (name, value) VALUES (?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+        (counter, by),
+    )
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -147,27 +166,58 @@ class Store:
     # ------------------------------------------------------------------ batches
 
     def create_batch(
-        self, batch_id: str, created_at: int, request: bytes, custom_ids: Sequence[str]
+        self,
+        batch_id: str,
+        created_at: int,
+        request: bytes,
+        custom_ids: Sequence[str],
+        max_open: int | None = None,
+        now: float = 0.0,
     ) -> StoredBatch:
-        """Store an accepted batch (status validating) and count its custom_ids."""
+        """Store an accepted batch (status validating) and count its custom_ids.
+
+        With `max_open`, raises OpenBatchCapReached (and counts the rejection) when that many
+        batches are open at `now`; the check and the insert are one transaction, so
+        concurrent submissions cannot overshoot the cap.
+        """
         distinct = list(dict.fromkeys(custom_ids))
+        refused: int | None = None
+        seq: int | None = None
         with self._transaction() as conn:
-            cursor = conn.execute(
-                "INSERT INTO batches (id, created_at, status, total, request)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (batch_id, created_at, BatchStatus.VALIDATING.value, len(custom_ids), request),
-            )
-            seq = cursor.lastrowid
-            conn.executemany(
-                "INSERT INTO custom_ids (custom_id, batches) VALUES (?, 1)"
-                " ON CONFLICT (custom_id) DO UPDATE SET batches = batches + 1",
-                ((custom_id,) for custom_id in distinct),
-            )
-            _count_second_times(conn, "batches", "custom_ids_submitted_twice", distinct)
+            if max_open is not None:
+                (open_batches,) = conn.execute(_OPEN_SQL, (*_UNFINISHED, now)).fetchone()
+                if open_batches >= max_open:
+                    refused = open_batches
+                    _add(conn, "rejected_open_cap", 1)  # committed: the rejection is counted
+            if refused is None:
+                seq = self._insert(conn, batch_id, created_at, request, custom_ids, distinct)
+        if refused is not None:
+            raise OpenBatchCapReached(refused)
         assert seq is not None
         return StoredBatch(
             seq, batch_id, created_at, BatchStatus.VALIDATING, len(custom_ids), 0, 0, None, None
         )
+
+    @staticmethod
+    def _insert(
+        conn: sqlite3.Connection,
+        batch_id: str,
+        created_at: int,
+        request: bytes,
+        custom_ids: Sequence[str],
+        distinct: list[str],
+    ) -> int | None:
+        cursor = conn.execute(
+            "INSERT INTO batches (id, created_at, status, total, request) VALUES (?, ?, ?, ?, ?)",
+            (batch_id, created_at, BatchStatus.VALIDATING.value, len(custom_ids), request),
+        )
+        conn.executemany(
+            "INSERT INTO custom_ids (custom_id, batches) VALUES (?, 1)"
+            " ON CONFLICT (custom_id) DO UPDATE SET batches = batches + 1",
+            ((custom_id,) for custom_id in distinct),
+        )
+        _count_second_times(conn, "batches", "custom_ids_submitted_twice", distinct)
+        return cursor.lastrowid
 
     def get(self, batch_id: str) -> StoredBatch | None:
         rows = self._query(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = ?", (batch_id,))
@@ -226,11 +276,12 @@ class Store:
 
     def bump(self, name: str, by: int = 1) -> None:
         with self._transaction() as conn:
-            conn.execute(
-                "INSERT INTO counters (name, value) VALUES (?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-                (name, by),
-            )
+            _add(conn, name, by)
+
+    def open_batches(self, now: float) -> int:
+        """Batches a client would see as not terminal at `now`."""
+        (count,) = self._query(_OPEN_SQL, (*_UNFINISHED, now))[0]
+        return int(count)
 
     def custom_id_counts(self) -> dict[str, int]:
         """custom_id -> number of accepted batches it appeared in."""
@@ -266,4 +317,7 @@ class Store:
             "batches_failed": batches_failed,
             "custom_ids_submitted_twice": twice,
             "custom_ids_succeeded_twice": succeeded_twice,
+            "batches_open": self.open_batches(now),
+            "rejected_open_cap": counters.get("rejected_open_cap", 0),
+            "chat_completions": counters.get("chat_completions", 0),
         }

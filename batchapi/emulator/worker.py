@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import secrets
 import threading
 import time
 from collections import Counter
@@ -22,22 +21,19 @@ from typing import Any
 from pydantic import ValidationError
 
 from batchapi.emulator import engine
+from batchapi.emulator.completion import chat_completion
 from batchapi.emulator.config import EmulatorConfig
 from batchapi.emulator.faults import batch_fails, line_fails
 from batchapi.emulator.store import Store
+from batchapi.emulator.timing import in_progress_seconds
 from batchapi.models import (
     MODELS,
     BatchStatus,
-    ChatCompletion,
-    Choice,
     LineError,
     LineErrorCode,
     LineResponse,
-    Message,
     OutputLine,
     RequestLine,
-    Usage,
-    approx_tokens,
     iter_jsonl,
 )
 
@@ -69,16 +65,7 @@ def _error_line(custom_id: str, code: LineErrorCode, message: str) -> OutputLine
 
 
 def _success_line(line: RequestLine, content: str, created: int) -> OutputLine:
-    # GAP: `created` and `usage` in batch output are undocumented; we emit the full OpenAI
-    # shape, with prompt tokens approximated from the text and no completion tokens.
-    prompt_tokens = approx_tokens(line.body.text)
-    completion = ChatCompletion(
-        id=f"chatcmpl-{secrets.token_hex(12)}",
-        created=created,
-        model=line.body.model,
-        choices=[Choice(message=Message(content=content))],
-        usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=0, total_tokens=prompt_tokens),
-    )
+    completion = chat_completion(line.body, content, created)
     return OutputLine(custom_id=line.custom_id, response=LineResponse(body=completion))
 
 
@@ -231,7 +218,7 @@ class Worker:
                 result = self._pool.submit(process_request, request, batch.seq, config).result()
             else:
                 result = process_request(request, batch.seq, config)
-        visible_at = max(self._clock(), started + config.latency)
+        visible_at = max(self._clock(), started + in_progress_seconds(config, batch.seq))
         self._store.finish(
             batch_id,
             status,

@@ -496,6 +496,9 @@ def test_stats_count_batches_lines_and_resubmitted_custom_ids(
         "batches_failed": 0,
         "custom_ids_submitted_twice": 1,
         "custom_ids_succeeded_twice": 1,
+        "batches_open": 0,
+        "rejected_open_cap": 0,
+        "chat_completions": 0,
     }
     listed = client.get("/_emulator/custom_ids", params={"batch_id": second.id}).json()
     assert listed == {"batch_id": second.id, "custom_ids": ["b", "c"]}
