@@ -5,8 +5,8 @@ With `latency_jitter` = sigma > 0, batch number `seq` takes
     latency * exp(sigma * z) * (straggler_factor if it straggles else 1)
 
 where z is a standard normal and "straggles" a Bernoulli(straggler_share) draw, both fixed by
-(seed, seq). The median stays `latency`; the lognormal body gives a right skew and the
-stragglers a tail several times the median, as a busy shared backend would. Draws are hashes
+(seed, seq). The lognormal body has median `latency` and a right skew; the stragglers add a
+tail several times the median, as a busy shared backend would. Draws are hashes
 of (seed, seq), so the same seed gives every batch the same time in any process.
 """
 
