@@ -54,7 +54,7 @@ def test_open_batch_cap_answers_429_with_retry_after(
 
 
 def test_open_batch_cap_frees_a_place_when_a_batch_completes(emulator_factory: Factory) -> None:
-    emulator = emulator_factory(max_open_batches=1, latency=1.0, open_cap_retry_after=3)
+    emulator = emulator_factory(max_open_batches=1, latency=2.0, open_cap_retry_after=3)
     with client_for(emulator) as client:
         first = submit_one(client, "s0")
         assert first.status_code == 200

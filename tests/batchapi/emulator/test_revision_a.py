@@ -56,7 +56,7 @@ def wait_status(client: httpx.Client, batch_id: str, status: str) -> dict:
 
 
 def test_create_and_status_replies_have_revision_a_shape(emulator_factory: Factory) -> None:
-    emulator = emulator_factory(revision="A", latency=0.8)
+    emulator = emulator_factory(revision="A", latency=2.0)
     with client_for(emulator) as client:
         bad = raw_line("bad", {"model": "summarize", "text": ""})
         payload = "".join(
