@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import uvicorn
+from pydantic import ValidationError
 
 from batchapi.emulator.app import create_app
 from batchapi.emulator.config import EmulatorConfig
@@ -121,11 +122,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    api_key = args.api_key or os.environ.get("BATCH_API_KEY") or None
-    config = EmulatorConfig(
-        api_key=api_key,
+def config_from(args: argparse.Namespace) -> EmulatorConfig:
+    """The configuration the parsed flags describe; raises ValidationError when they conflict."""
+    return EmulatorConfig(
+        api_key=args.api_key or os.environ.get("BATCH_API_KEY") or None,
         db_path=args.db,
         revision=args.revision,
         max_lines=args.max_lines,
@@ -143,6 +143,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         workers=args.workers,
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = config_from(args)
+    except ValidationError as exc:
+        # Without the input: it would hold the API key.
+        for error in exc.errors(include_url=False, include_input=False, include_context=False):
+            field = ".".join(str(part) for part in error["loc"])
+            message = str(error["msg"]).removeprefix("Value error, ")
+            print(f"python -m batchapi.emulator: {field or 'flags'}: {message}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     server = _AnnouncingServer(
         uvicorn.Config(

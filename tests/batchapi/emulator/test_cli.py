@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
-from batchapi.models import Batch, RequestLine, SummarizeBody
+from batchapi.emulator.__main__ import config_from, main, parse_args
+from batchapi.models import Batch, RequestLine, Revision, SummarizeBody
 
 READY = "batch-enrich emulator listening on "
 ROOT = Path(__file__).resolve().parents[3]
@@ -72,3 +74,31 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
     assert returncode == 0, stderr
     assert "cli-secret-key" not in line + stderr
     assert (tmp_path / "cli.sqlite3").exists()
+
+
+def test_flags_map_onto_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BATCH_API_KEY", raising=False)
+    args = parse_args(
+        ["--revision", "A", "--latency", "2", "--latency-jitter", "0.5", "--straggler-share",
+         "0.1", "--straggler-factor", "8", "--max-open-batches", "3", "--open-cap-retry-after",
+         "2", "--no-batch-router"]
+    )  # fmt: skip
+    config = config_from(args)
+    assert config.revision is Revision.A and config.line_limit is None
+    assert (config.latency, config.latency_jitter) == (2.0, 0.5)
+    assert (config.straggler_share, config.straggler_factor) == (0.1, 8.0)
+    assert (config.max_open_batches, config.open_cap_retry_after) == (3, 2)
+    assert config.batch_router_configured is False
+    defaults = config_from(parse_args([]))
+    assert defaults.revision is Revision.B and defaults.line_limit == 50
+    assert defaults.max_open_batches is None and defaults.latency_jitter == 0.0
+
+
+def test_conflicting_flags_exit_2_without_showing_the_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BATCH_API_KEY", "cli-secret-key")
+    assert main(["--no-batch-router"]) == 2
+    err = capsys.readouterr().err
+    assert "revision B documents no 503" in err
+    assert "cli-secret-key" not in err
