@@ -1,6 +1,6 @@
 """`make demo`: generate a sample corpus, enrich it on the embedded emulator, show the result.
 
-    python -m flows.demo [--docs 3000] [--output demo-output]
+    python -m flows.demo [--docs 3000] [--output demo-output] [--mode full|incremental]
 
 Works from a fresh clone with nothing started: the flow starts a temporary Prefect server and
 the embedded Batch API emulator for the run.
@@ -18,6 +18,8 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import argparse
+import json
+import shlex
 import sys
 import time
 from typing import Any
@@ -27,6 +29,7 @@ import pyarrow.parquet as pq
 
 from flows.sample_corpus import DEMO_ENRICHMENTS, write_corpus
 
+DEFAULT_OUTPUT = "demo-output"
 PREVIEW_ROWS = 5
 TEXT_CHARS = 70
 
@@ -89,15 +92,71 @@ def print_report(report: Any) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.demo", description=__doc__)
+def demo_job(output: Path, mode: str = "full") -> dict[str, Any]:
+    """The demo's parameters: the same JSON `python -m flows.enrich --params` takes."""
+    return {
+        "source": (output / "corpus" / "docs.parquet").as_posix(),
+        "destination": (output / "enriched").as_posix(),
+        "enrichments": DEMO_ENRICHMENTS,
+        "batch_api": "embedded",
+        "max_in_flight": 16,
+        "poll_interval_seconds": 0.2,
+        "mode": mode,
+    }
+
+
+def closing_hints(output: Path, python: str) -> list[tuple[str, list[str]]]:
+    """What to try next: (why, command), each a command that runs as printed."""
+    job = (output / "job.json").as_posix()
+    demo = [python, "-m", "flows.demo"] + (
+        [] if output == Path(DEFAULT_OUTPUT) else ["--output", output.as_posix()]
+    )
+    return [
+        (
+            "Run it again, sending only new or changed documents (here: none)",
+            [*demo, "--mode", "incremental"],
+        ),
+        (
+            "Run the same job from the command line, changing any parameter",
+            [python, "-m", "flows.enrich", "--params", job, "--mode", "incremental"],
+        ),
+        ("See every parameter and the job file's format", [python, "-m", "flows.enrich", "--help"]),
+    ]
+
+
+def _python() -> str:
+    """The interpreter as the user can type it: relative to the working directory if inside."""
+    executable = Path(sys.executable)
+    try:
+        return executable.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return str(executable)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--docs", type=int, default=3000, help="documents to generate")
-    parser.add_argument("--output", default="demo-output", help="folder for corpus and result")
-    args = parser.parse_args(argv)
+    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="folder for corpus and result")
+    parser.add_argument(
+        "--mode",
+        choices=["full", "incremental"],
+        default="full",
+        help="incremental: send only documents that are new or changed since the last run",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     output = Path(args.output)
-    corpus = output / "corpus" / "docs.parquet"
-    destination = output / "enriched"
+    job = demo_job(output, args.mode)
+    corpus = Path(job["source"])
+    destination = Path(job["destination"])
     if ensure_corpus(corpus, args.docs):
         print(f"Generated {args.docs} sample documents in {corpus}")
     else:
@@ -108,15 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     print("Starting Prefect and the embedded Batch API emulator, then enriching ...")
     from flows.enrich import enrich_documents
 
+    (output / "job.json").write_text(json.dumps(job, indent=2) + "\n")
     started = time.monotonic()
-    report = enrich_documents(
-        source=str(corpus),
-        destination=str(destination),
-        enrichments=DEMO_ENRICHMENTS,
-        batch_api="embedded",
-        max_in_flight=16,
-        poll_interval_seconds=0.2,
-    )
+    report = enrich_documents(**job)
     print(f"Done in {time.monotonic() - started:.0f} s (including Prefect's start).")
     print(f"\nEnriched dataset: {report.output_path}")
     total = print_preview(destination)
@@ -125,9 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "\nRead it with:\n"
         "  import pyarrow.dataset as ds\n"
-        f"  table = ds.dataset('{destination.as_posix()}').to_table()\n"
-        "Run it again to start a new generation; add mode='incremental' to reuse results."
+        f"  table = ds.dataset('{destination.as_posix()}').to_table()"
     )
+    for why, command in closing_hints(output, _python()):
+        print(f"\n{why}:\n  {shlex.join(command)}")
     return 0
 
 

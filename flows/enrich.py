@@ -6,16 +6,11 @@ deployment's parameters), from a deployment, or by calling `enrich_documents(...
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
-import signal
 import sys
-import threading
 import time
 from collections import deque
-from pathlib import Path
 from typing import Annotated, Literal
 
 import pyarrow as pa
@@ -28,7 +23,6 @@ from prefect.artifacts import (
 )
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
-from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import Field
 
@@ -293,37 +287,11 @@ def _storage_settings(block_name: str | None) -> StorageSettings | None:
     return S3Storage.load(block_name).settings()
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    # During a run Prefect turns SIGTERM into a Crashed state, then re-delivers it to the
-    # handler that was there before. Under the default handler the process dies at once and
-    # atexit never stops the temporary Prefect server, which is left running; exiting through
-    # SystemExit unwinds normally (the destination lock is released, the server stopped).
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m flows.enrich", description="Run the enrich-documents flow once."
-    )
-    parser.add_argument("--params", required=True, help="JSON file of flow parameters")
-    args = parser.parse_args(argv)
-    params = json.loads(Path(args.params).read_text())
-    params["enrichments"] = parse_enrichments(params.get("enrichments"))
-    # Without PREFECT_API_URL the run starts a temporary Prefect server; cold, on a busy 2-core
-    # machine, it can need more than Prefect's default 20 s. A value set by the user wins.
-    updates = {}
-    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" not in os.environ:
-        updates[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = 120
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main_thread else None
-    try:
-        with temporary_settings(updates=updates):
-            report = enrich_documents(**params)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    print(report.model_dump_json(indent=2))
-    return 0
+    """`python -m flows.enrich`: the command line lives in flows/cli.py."""
+    from flows.cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":
