@@ -171,8 +171,9 @@ async def _read_capped(request: Request, limit: int) -> bytes:
 class FaultInjection:
     """Answers a share of API requests with 429 or a 5xx before anything else runs.
 
-    GAP: no rate limits are documented for batch; 429s here are injected faults only, with
-    Retry-After: 0 so that clients retrying in tests do not sleep.
+    GAP: no rate limits are documented for batch; these 429s are injected faults (the other
+    429 is the optional open-batch cap), with Retry-After: 0 so that clients retrying in tests
+    do not sleep.
     """
 
     def __init__(self, app: ASGIApp, faults: HttpFaults, on_fault: Callable[[], None]) -> None:
