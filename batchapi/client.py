@@ -72,6 +72,7 @@ __all__ = [
     "SubmitOutcomeUnknownError",
     "TerminalApiError",
     "TransientApiError",
+    "check_encoded",
     "parse_batch",
     "parse_output",
     "validate_lines",
@@ -155,6 +156,25 @@ def _validate_and_encode(
     return validated, body
 
 
+def check_encoded(payload: bytes, line_count: int, limits: BatchLimits) -> None:
+    """The limits check for a JSONL body whose lines were built from the models already."""
+    problems = []
+    if line_count < 1:
+        problems.append("the batch is empty; give at least one line")
+    if line_count > limits.max_lines:
+        problems.append(
+            f"the batch has {line_count} lines; the limit is {limits.max_lines} per batch "
+            "(split it into several batches)"
+        )
+    if len(payload) > limits.max_bytes:
+        problems.append(
+            f"the batch is {len(payload)} bytes as JSONL; the limit is {limits.max_bytes} "
+            "(split it into smaller batches or shorten the texts)"
+        )
+    if problems:
+        raise InvalidBatchError(problems)
+
+
 def _line_prefix(index: int, raw: Any) -> str:
     custom_id = raw.get("custom_id") if isinstance(raw, Mapping) else None
     if isinstance(custom_id, str) and custom_id:
@@ -220,7 +240,28 @@ def parse_output(payload: bytes | str) -> list[OutputLine]:
     bad line does not lose the rest of the batch. Raises ValueError for a line without
     custom_id or one that is not JSON.
     """
+    fast = _parse_output_fast(payload)
+    if fast is not None:
+        return fast
     return [_output_line(item, number) for number, item in enumerate(iter_jsonl(payload), 1)]
+
+
+def _parse_output_fast(payload: bytes | str) -> list[OutputLine] | None:
+    """One validating parse per line (pydantic-core reads the JSON itself); None when any
+    line needs the lenient reading above."""
+    data = payload.encode("utf-8") if isinstance(payload, str) else payload
+    lines: list[OutputLine] = []
+    for raw in data.split(b"\n"):
+        if not raw.strip():
+            continue
+        try:
+            line = OutputLine.model_validate_json(raw)
+        except ValidationError:
+            return None
+        if line.response is not None and line.response.status_code >= 400:
+            return None
+        lines.append(line)
+    return lines
 
 
 def _output_line(item: dict[str, Any], number: int) -> OutputLine:
@@ -465,8 +506,9 @@ class _ClientCore:
             return None
         retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
-            # Honoured, but never beyond backoff_max: the caller's budget wins.
-            return min(retry_after, self.backoff_max)
+            # Never sooner than the server asked. A wait beyond backoff_max is the caller's to
+            # schedule: the error carries retry_after.
+            return retry_after if retry_after <= self.backoff_max else None
         ceiling = min(self.backoff_max, self.backoff_base * 2**attempt)
         return self._random.uniform(0, ceiling)  # full jitter
 
@@ -624,6 +666,18 @@ class AsyncBatchApiClient(_ClientCore):
         response = await self._send("POST", "/v1/batches", "submit", body)
         return self._batch(response, "submit")
 
+    async def submit_jsonl(
+        self, payload: bytes, line_count: int, *, retry_rate_limited: bool = True
+    ) -> Batch:
+        """`POST /v1/batches` with a JSONL body built from the models (see `RequestLine`), sent
+        as it is. `retry_rate_limited=False` hands a 429 to the caller at once (with its
+        `retry_after`), for callers that pace their own submissions."""
+        check_encoded(payload, line_count, self.limits)
+        response = await self._send(
+            "POST", "/v1/batches", "submit", payload, retry_rate_limited=retry_rate_limited
+        )
+        return self._batch(response, "submit")
+
     async def get(self, batch_id: str) -> Batch:
         """`GET /v1/batches/{batch_id}`."""
         return self._batch(await self._send("GET", _batch_path(batch_id), "get"), "get")
@@ -648,7 +702,13 @@ class AsyncBatchApiClient(_ClientCore):
         await self.aclose()
 
     async def _send(
-        self, method: str, path: str, kind: Kind, body: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        kind: Kind,
+        body: bytes | None = None,
+        *,
+        retry_rate_limited: bool = True,
     ) -> httpx.Response:
         headers = self._headers("application/jsonl" if body is not None else None)
         attempt = 0
@@ -663,7 +723,8 @@ class AsyncBatchApiClient(_ClientCore):
                 if response.is_success:
                     return response
                 error = self._response_error(response, kind)
-            delay = self._delay(error, attempt)
+            rate_limited = error.status_code == 429 and not retry_rate_limited
+            delay = None if rate_limited else self._delay(error, attempt)
             if delay is None:
                 raise self._give_up(error, attempt) from cause
             self._log_retry(error, attempt, delay)

@@ -11,6 +11,8 @@ import math
 import sys
 import time
 from collections import deque
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Annotated, Literal
 
 import pyarrow as pa
@@ -28,8 +30,17 @@ from pydantic import Field
 
 from batchapi.models import BatchLimits
 from flows.backend import EMBEDDED, Backend, resolve_backend
-from flows.group import GroupOptions, GroupOutcome, enrich_group
+from flows.group import PreparedGroup, prepare_group
 from flows.report import EnrichmentCounts, EnrichReport
+from tasks.batch import (
+    BatchEngine,
+    EngineOptions,
+    EngineReport,
+    GroupOutcome,
+    Progress,
+    run_batches,
+)
+from tasks.ledger import Ledger
 from tasks.lock import DestinationLock
 from tasks.merge import OutputWriter, merge_group, output_schema
 from tasks.read import iter_groups, validate_source
@@ -38,6 +49,13 @@ from tasks.state import RunState
 from tasks.storage import StorageSettings
 
 DEFAULT_TIMEOUT_SECONDS = 6 * 3600
+# See README, "Throughput": a remote API takes minutes per batch, so the window must be wide to
+# finish a night; it shrinks by itself on 429, so a provider with a lower cap costs little.
+DEFAULT_MAX_IN_FLIGHT = 100
+DEFAULT_PARALLEL_SUBMISSIONS = 4
+# Groups read ahead of the merge: enough queued shards to refill the window at once, bounded so
+# memory does not grow with the window.
+MAX_LOOKAHEAD_GROUPS = 16
 # The embedded emulator's database: kept until the run succeeds, so a rerun can resume.
 EMBEDDED_DB = "embedded-emulator.sqlite"
 
@@ -99,7 +117,23 @@ def enrich_documents(
     shard_size: Annotated[
         int | None, Field(ge=1, description="Lines per batch; default: the block's limit.")
     ] = None,
-    max_in_flight: Annotated[int, Field(ge=1, description="Batches open at once.")] = 8,
+    max_in_flight: Annotated[
+        int,
+        Field(
+            ge=1,
+            description="Batches open at the provider at once, for the whole run; the window "
+            "shrinks on 429 and grows back.",
+        ),
+    ] = DEFAULT_MAX_IN_FLIGHT,
+    parallel_submissions: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=64,
+            description="Batch submissions on the wire at once; a crash can leave at most "
+            "this many batches in doubt (the rerun names them).",
+        ),
+    ] = DEFAULT_PARALLEL_SUBMISSIONS,
     poll_interval_seconds: Annotated[
         float | None, Field(gt=0, description="Wait between polls; default: the block's.")
     ] = None,
@@ -117,7 +151,7 @@ def enrich_documents(
         int, Field(ge=1, description="Documents read, sent and merged together.")
     ] = 2000,
     parallel_groups: Annotated[
-        int, Field(ge=1, le=64, description="Groups enriched side by side.")
+        int, Field(ge=1, le=64, description="Groups prepared and merged side by side.")
     ] = 2,
     task_runner: Annotated[
         Literal["thread", "dask"],
@@ -156,35 +190,59 @@ def enrich_documents(
                 rows_in=resolved.num_rows,
                 enrichments={e.name: EnrichmentCounts() for e in enrichments},
             )
-            options = GroupOptions(
-                limits=BatchLimits(
-                    max_lines=min(shard_size or backend.api.max_lines, backend.api.max_lines),
-                    max_bytes=backend.api.max_bytes,
-                ),
-                # The in-flight budget is shared by the groups that run side by side.
-                max_in_flight=max(1, max_in_flight // parallel_groups),
-                poll_interval_seconds=poll_interval_seconds or backend.poll_interval_seconds,
-                timeout_seconds=timeout_seconds,
-                deadline=time.time() + timeout_seconds,
-                run_started=time.time(),
-                max_line_attempts=max_line_attempts,
-                incremental=mode == "incremental",
+            limits = BatchLimits(
+                max_lines=min(shard_size or backend.api.max_lines, backend.api.max_lines),
+                max_bytes=backend.api.max_bytes,
             )
-            total_groups = max(1, math.ceil(resolved.num_rows / group_size))
+            engine = BatchEngine(
+                Ledger(state),
+                backend.api,
+                EngineOptions(
+                    limits=limits,
+                    max_in_flight=max_in_flight,
+                    parallel_submissions=parallel_submissions,
+                    poll_interval_seconds=poll_interval_seconds or backend.poll_interval_seconds,
+                    timeout_seconds=timeout_seconds,
+                    deadline=time.time() + timeout_seconds,
+                    max_line_attempts=max_line_attempts,
+                    models={e.name: e.model for e in enrichments},
+                    total_lines=resolved.num_rows * len(enrichments),
+                ),
+            )
+            lookahead = lookahead_groups(
+                group_size, len(enrichments), limits.max_lines, max_in_flight, parallel_groups
+            )
             progress = create_progress_artifact(
                 progress=0.0,
                 key="enrich-progress",
-                description=f"Groups of {group_size} documents enriched, out of {total_groups}",
+                description=f"Lines enriched, out of {engine.options.total_lines}",
             )
+
+            def publish(snapshot: Progress) -> None:
+                update_progress_artifact(progress, round(100.0 * snapshot.fraction, 1))
+
             writer: OutputWriter | None = None
             try:
-                with make_task_runner(task_runner, parallel_groups) as runner:
-                    in_flight: deque[tuple[pa.Table, PrefectFuture[GroupOutcome]]] = deque()
+                with (
+                    ThreadPoolTaskRunner(max_workers=1) as driver_runner,
+                    make_task_runner(task_runner, parallel_groups) as runner,
+                ):
+                    driver = driver_runner.submit(
+                        run_batches, {"engine": engine, "on_progress": publish}
+                    )
+                    window: deque[tuple[pa.Table, PreparedGroup, Future[GroupOutcome] | None]]
+                    window = deque()
 
                     def merge_next() -> None:
                         nonlocal writer
-                        group, future = in_flight.popleft()
-                        outcome = future.result()
+                        group, prepared, pending = window.popleft()
+                        if pending is None:
+                            assert prepared.recorded is not None
+                            outcome = GroupOutcome(prepared.lines, prepared.recorded)
+                        else:
+                            outcome = _wait(pending, driver)
+                            state.write_group(prepared.lines.key, outcome.results)
+                            engine.group_recorded(prepared.lines.index)
                         if writer is None:
                             metadata = _provenance(backend, enrichments, state, mode)
                             writer = OutputWriter(
@@ -195,32 +253,49 @@ def enrich_documents(
                         )
                         writer.write(enriched)
                         _tally(report, outcome, enriched, enrichments)
-                        update_progress_artifact(progress, 100.0 * report.groups / total_groups)
 
-                    for index, group in enumerate(iter_groups(resolved, group_size)):
-                        lock.ensure_held()
-                        parameters = {
-                            "group": group,
-                            "index": index,
-                            "enrichments": enrichments,
-                            "source": resolved,
-                            "state": state,
-                            "api": backend.api,
-                            "options": options,
-                        }
-                        in_flight.append((group, runner.submit(enrich_group, parameters)))
-                        if len(in_flight) >= parallel_groups:
+                    try:
+                        for index, group in enumerate(iter_groups(resolved, group_size)):
+                            lock.ensure_held()
+                            prepared = runner.submit(
+                                prepare_group,
+                                {
+                                    "group": group,
+                                    "index": index,
+                                    "enrichments": enrichments,
+                                    "source": resolved,
+                                    "state": state,
+                                    "limits": limits,
+                                    "incremental": mode == "incremental",
+                                },
+                            ).result()
+                            if prepared.recorded is not None:
+                                engine.group_recorded(index)
+                                window.append((group, prepared, None))
+                            else:
+                                pending = engine.add_group(prepared.lines, prepared.pending)
+                                window.append((group, prepared, pending))
+                            while len(window) >= lookahead:
+                                merge_next()
+                        engine.close_input()
+                        while window:
                             merge_next()
-                    while in_flight:
-                        merge_next()
+                    except BaseException:
+                        engine.stop()  # before the runner waits for the engine's task
+                        raise
+                    engine_report = driver.result()
                 if writer is None:
                     raise RuntimeError("the source yielded no rows")
                 report.output_path = writer.commit()
+                update_progress_artifact(progress, 100.0)
             except BaseException:
+                engine.stop()
                 if writer is not None:
                     writer.abort()
                 state.finish(succeeded=False)
                 raise
+            report.shards_in_doubt = engine_report.in_doubt
+            report.rate_limited = engine_report.rate_limited
         state.finish(succeeded=True)
         state.remove_local(EMBEDDED_DB)
     report.seconds = round(time.monotonic() - started, 2)
@@ -235,6 +310,27 @@ def enrich_documents(
         report.batches_reattached,
     )
     return report
+
+
+def lookahead_groups(
+    group_size: int, enrichments: int, max_lines: int, max_in_flight: int, parallel_groups: int
+) -> int:
+    """Groups held between reading and merging: one and a half windows of queued shards."""
+    shards_per_group = max(1, math.ceil(group_size * enrichments / max_lines))
+    wanted = math.ceil(1.5 * max_in_flight / shards_per_group) + 1
+    return max(2, parallel_groups, min(wanted, MAX_LOOKAHEAD_GROUPS))
+
+
+def _wait(pending: Future[GroupOutcome], driver: PrefectFuture[EngineReport]) -> GroupOutcome:
+    """A group's outcome; if the engine's task ends first, its failure."""
+    while True:
+        try:
+            return pending.result(timeout=1.0)
+        except FutureTimeout:
+            if driver.wrapped_future.done():
+                driver.result()  # raises the engine's failure
+                if not pending.done():
+                    raise RuntimeError("the batch engine stopped with a group unfinished") from None
 
 
 def make_task_runner(kind: str, parallel_groups: int) -> TaskRunner:

@@ -26,6 +26,8 @@ class EnrichReport(BaseModel):
     batches_reattached: int = 0
     lines_sent: int = 0
     prompt_tokens: int = 0
+    rate_limited: int = 0  # submissions the API refused with 429 (and were sent later)
+    shards_in_doubt: list[str] = Field(default_factory=list)  # on the wire when a run stopped
     seconds: float = 0.0
     enrichments: dict[str, EnrichmentCounts] = Field(default_factory=dict)
 
@@ -51,4 +53,17 @@ class EnrichReport(BaseModel):
         ]
         for name, counts in self.enrichments.items():
             lines.append(f"| {name} | {counts.ok} | {counts.errors} | {counts.carried_over} |")
+        if self.rate_limited:
+            lines += [
+                "",
+                f"The API answered 429 to {self.rate_limited} submission(s); each was "
+                "sent again later and the in-flight window adapted.",
+            ]
+        if self.shards_in_doubt:
+            lines += [
+                "",
+                f"{len(self.shards_in_doubt)} shard(s) were on the wire when an earlier run "
+                "stopped and were sent again (their batches may have been paid twice): "
+                + ", ".join(f"`{s}`" for s in self.shards_in_doubt),
+            ]
         return "\n".join(lines) + "\n"

@@ -1,25 +1,36 @@
-"""Submit shards, wait for their batches, fetch and decode the output.
+"""Submit shards, wait for their batches, fetch and decode the output: the batch engine.
 
-`run_shards` is one Prefect task that drives many batches at once with async HTTP: it keeps
-at most `max_in_flight` batches open, polls every open batch in one loop, and records each
-finished batch's decoded lines under `_state/`. Each call works only from the manifest, so it
-can stop at any point and be called again: a batch already submitted is reattached, never
-submitted twice.
+One `BatchEngine` per run holds the run's in-flight window: at most `max_in_flight` batches
+open at the provider at any moment, whatever group they come from. Groups of documents are
+added as the flow reads them (a bounded lookahead); their shards wait in one queue, oldest
+group first, and a slot that frees is refilled at once. Retries of failed lines go back into the
+same queue as soon as their group's attempt is complete, so no group waits for another's
+stragglers.
 
-Waiting is visible in the Prefect UI: when batches are still open at the end of a polling
-window the task raises `BatchesStillOpen` and Prefect retries it after `poll_interval`
-(state "AwaitingRetry"). Transient API failures are retried the same way; terminal ones
-(400, 401, 404) fail at once with the server's message.
+The engine runs inside one Prefect task, `run-batches`, that lives as long as the run's
+waiting does. A batch that is not done yet is simply waited for; the task's retries (declared
+on the decorator) are for failures, such as an object store that refused the ledger for a while.
+
+Never paying twice: before a shard is sent its intent goes into the ledger (`tasks.ledger`),
+and its batch id follows the answer. At most `parallel_submissions` shards are between the two
+at any moment, so a crash can leave at most that many in doubt; the rerun names each one,
+reattaches to every batch whose id was recorded, and sends the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import concurrent.futures
+import contextlib
+import heapq
+import itertools
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
@@ -30,6 +41,7 @@ from batchapi.client import (
     NotFoundError,
     SubmitOutcomeUnknownError,
     TerminalApiError,
+    TransientApiError,
 )
 from batchapi.models import (
     Batch,
@@ -41,8 +53,9 @@ from batchapi.models import (
     OutputLine,
     SummarizeResult,
 )
-from tasks.shard import Shard
-from tasks.state import BatchRecord, BatchStatusValue, RunState, results_table
+from tasks.ledger import Ledger
+from tasks.shard import GroupLines, Shard, shard_payload, split_into_shards
+from tasks.state import results_table
 
 # What the results store keeps of each domain result: the fields the output is built from.
 STORED_FIELDS: dict[type, Any] = {
@@ -51,33 +64,34 @@ STORED_FIELDS: dict[type, Any] = {
     ClassifyResult: {"top_label", "scores"},
 }
 
-# Every this many polling rounds, every open batch is polled, not only the oldest ones.
-FULL_SWEEP_EVERY = 10
-
 # Per-line error codes (the API's own plus ours) that a new attempt may fix.
 RETRYABLE_LINE_CODES = frozenset({"server_error", "rate_limited", "batch_failed", "missing_output"})
 
-
-class BatchesStillOpen(Exception):
-    """Raised at the end of a polling window so Prefect retries (and shows) the wait."""
-
-    def __init__(self, open_batches: list[str]) -> None:
-        self.open_batches = open_batches
-        shown = ", ".join(open_batches[:10]) + (" ..." if len(open_batches) > 10 else "")
-        super().__init__(f"{len(open_batches)} batch(es) still open: {shown}")
+# With no answer at all from the API this long, the run stops: nothing has been paid yet.
+UNREACHABLE_AFTER_SECONDS = 40.0
+# Polls and output downloads on the wire at once.
+MAX_CONCURRENT_POLLS = 32
+# How often the progress artifact moves, and how often a status line is logged.
+PROGRESS_EVERY_SECONDS = 5.0
+STATUS_EVERY_SECONDS = 60.0
 
 
 class BatchWaitTimeout(Exception):
-    """The run's deadline passed with batches still open. They stay in the manifest; the next
+    """The run's deadline passed with batches still open. They stay in the ledger; the next
     run of the same job reattaches to them instead of submitting again."""
 
     def __init__(self, open_batches: list[str], timeout_seconds: float) -> None:
         self.open_batches = open_batches
+        shown = ", ".join(open_batches[:20]) + (" ..." if len(open_batches) > 20 else "")
         super().__init__(
             f"timed out after {timeout_seconds:.0f}s with {len(open_batches)} batch(es) open: "
-            f"{', '.join(open_batches)}. Rerun the same job to pick them up (nothing is "
-            "resubmitted), or raise timeout_seconds."
+            f"{shown}. Rerun the same job to pick them up (nothing is resubmitted), or raise "
+            "timeout_seconds."
         )
+
+
+class ApiUnreachableError(TerminalApiError):
+    """No request to the API has succeeded in this run and connections keep failing."""
 
 
 @dataclass(frozen=True)
@@ -95,42 +109,77 @@ class ApiSettings:
     def __repr__(self) -> str:
         return f"ApiSettings(base_url={self.base_url!r}, api_key='********')"
 
+    @property
+    def limits(self) -> BatchLimits:
+        return BatchLimits(max_lines=self.max_lines, max_bytes=self.max_bytes)
+
     def client(self) -> AsyncBatchApiClient:
         return AsyncBatchApiClient(
-            self.base_url,
-            self.api_key,
-            timeout=self.timeout_seconds,
-            limits=BatchLimits(max_lines=self.max_lines, max_bytes=self.max_bytes),
+            self.base_url, self.api_key, timeout=self.timeout_seconds, limits=self.limits
         )
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    limits: BatchLimits
+    max_in_flight: int
+    parallel_submissions: int
+    poll_interval_seconds: float
+    timeout_seconds: float
+    deadline: float  # wall clock (time.time())
+    max_line_attempts: int
+    models: dict[str, str]  # enrichment name -> model
+    total_lines: int  # every (document, enrichment) pair of the run, for progress
+    unreachable_after_seconds: float = UNREACHABLE_AFTER_SECONDS
+
+
 @dataclass
-class RoundReport:
-    shards: int
-    submitted: int
-    reattached: int
-    lines_ok: int
-    lines_failed: int
-    prompt_tokens: int
+class GroupOutcome:
+    lines: GroupLines
+    results: pa.Table
+    batches_submitted: int = 0
+    batches_reattached: int = 0
+    lines_sent: int = 0
+    prompt_tokens: int = 0
 
 
-def _retry_wait_or_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry the task for open batches and transient API errors, not for terminal ones."""
-    try:
-        state.result()
-    except BatchesStillOpen:
-        return True
-    except TerminalApiError:
-        return False
-    except SubmitOutcomeUnknownError:
-        return False
-    except BatchApiError as exc:
-        return exc.retryable
-    except (OSError, TimeoutError):
-        return True
-    except Exception:
-        return False
-    return False
+@dataclass
+class EngineReport:
+    batches_submitted: int = 0
+    batches_reattached: int = 0
+    rate_limited: int = 0
+    window_shrinks: int = 0
+    ledger_writes: int = 0
+    in_doubt: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Progress:
+    batches_done: int
+    batches_open: int
+    batches_queued: int
+    lines_done: int
+    lines_total: int
+    rate_limited: int
+    window: int
+    eta_seconds: float | None
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.lines_done / self.lines_total) if self.lines_total else 1.0
+
+    def describe(self) -> str:
+        if self.eta_seconds is None:
+            eta = "unknown yet"
+        else:
+            at = time.strftime("%H:%M:%S", time.localtime(time.time() + self.eta_seconds))
+            eta = f"{at} (in {self.eta_seconds / 60:.0f} min)"
+        return (
+            f"batches {self.batches_done} done, {self.batches_open} open, "
+            f"{self.batches_queued} queued (window {self.window}); lines {self.lines_done} of "
+            f"{self.lines_total} ({100 * self.fraction:.0f}%); 429s {self.rate_limited}; "
+            f"estimated finish {eta}"
+        )
 
 
 def _error_row(custom_id: str, code: str, message: str, attempt: int) -> dict[str, Any]:
@@ -144,7 +193,7 @@ def _error_row(custom_id: str, code: str, message: str, attempt: int) -> dict[st
 
 
 def decode_output(
-    shard: Shard, models: dict[str, str], lines: list[OutputLine]
+    shard: Shard, model_of: Callable[[str], str | None], lines: list[OutputLine]
 ) -> list[dict[str, Any]]:
     """One result row per custom id of the shard, matched on custom_id (never on order)."""
     by_id = {line.custom_id: line for line in lines}
@@ -161,7 +210,7 @@ def decode_output(
             rows.append(_error_row(custom_id, line.error.code, line.error.message, shard.attempt))
         else:
             try:
-                result = line.decode(models.get(custom_id))
+                result = line.decode(model_of(custom_id))
             except DecodeError as exc:
                 rows.append(_error_row(custom_id, "decode_error", str(exc), shard.attempt))
                 continue
@@ -177,197 +226,568 @@ def decode_output(
     return rows
 
 
-def _line_models(payload: bytes) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    items = [json.loads(line) for line in payload.splitlines() if line.strip()]
-    return items, {item["custom_id"]: item["body"]["model"] for item in items}
+@dataclass(eq=False)
+class _Work:
+    """One shard on its way: queued, on the wire, open at the provider, or recorded."""
+
+    shard: Shard
+    job: _Job
+    batch_id: str | None = None
+    submitted_at: float = 0.0  # monotonic
+    next_poll: float = 0.0
+    in_doubt: bool = False
+    busy: bool = False  # a poll or download of it is on the wire
 
 
-class _Driver:
-    """The polling loop over one round's shards."""
+@dataclass(eq=False)
+class _Job:
+    """A group of documents inside the engine, attempt by attempt."""
+
+    lines: GroupLines
+    pending: list[str]
+    future: concurrent.futures.Future[GroupOutcome]
+    attempt: int = 0
+    waiting: set[str] = field(default_factory=set)  # shard ids of this attempt not recorded
+    attempt_rows: list[dict[str, Any]] = field(default_factory=list)
+    tables: list[pa.Table] = field(default_factory=list)
+    submitted: int = 0
+    reattached: int = 0
+    lines_sent: int = 0
+    prompt_tokens: int = 0
+
+
+class BatchEngine:
+    """The run's batches, one in-flight window. Groups come in from the flow's thread with
+    `add_group`; `run()` drives them on an event loop in another thread."""
 
     def __init__(
         self,
-        shards: list[Shard],
-        state: RunState,
-        client: AsyncBatchApiClient,
-        max_in_flight: int,
+        ledger: Ledger,
+        api: ApiSettings,
+        options: EngineOptions,
     ) -> None:
-        self.shards = {s.shard_id: s for s in shards}
-        self.state = state
-        self.client = client
-        self.max_in_flight = max_in_flight
-        self.logger = get_run_logger()
-        self.records: dict[str, BatchRecord] = {}
-        self.reattached = 0
+        from tasks.window import AdaptiveWindow, PollSchedule
+
+        self.ledger = ledger
+        self.api = api
+        self.options = options
+        self.window = AdaptiveWindow(options.max_in_flight)
+        self.schedule = PollSchedule(options.poll_interval_seconds)
+        self.report = EngineReport()
+        self._inbox: deque[Callable[[], None]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+        self._queue: list[tuple[int, int, int, _Work]] = []
+        self._seq = itertools.count()
+        self._open: dict[str, _Work] = {}
+        self._polls: list[tuple[float, int, _Work]] = []
+        self._on_wire: set[_Work] = set()
+        self._jobs: dict[int, _Job] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._input_closed = False
+        self._stopped = False
+        self._fatal: BaseException | None = None
+        self._client: AsyncBatchApiClient | None = None
+        # Shards between their durable intent and their durable batch id (or refusal).
+        self._unsettled = 0
+        self._polls_running = 0
+        self._submit_pause_until = 0.0
+        self._submit_failures = 0
+        self._ever_answered = False
+        self._unreachable_since: float | None = None
+        self._batches_done = 0
+        self._lines_done = 0
+        self._samples: deque[tuple[float, int]] = deque(maxlen=120)
+        self._last_progress = 0.0
+        self._last_status = time.monotonic()
+        self.on_progress: Callable[[Progress], None] | None = None
+        self.on_status: Callable[[Progress], None] | None = None
+        self.logger: Any = None
+
+    # ------------------------------------------------------------------ from the flow's thread
+
+    def add_group(self, lines: GroupLines, pending: list[str]) -> concurrent.futures.Future:
+        """Queue a prepared group; the future gives its `GroupOutcome` once every line has a
+        final result."""
+        future: concurrent.futures.Future[GroupOutcome] = concurrent.futures.Future()
+        job = _Job(lines, pending, future)
+        self._call(lambda: self._admit(job))
+        return future
+
+    def group_recorded(self, index: int) -> None:
+        """The group's results are on storage: its ledger entries are no longer needed."""
+        self._call(lambda: self.ledger.forget_group(index))
+
+    def close_input(self) -> None:
+        self._call(lambda: setattr(self, "_input_closed", True))
+
+    def stop(self) -> None:
+        self._call(lambda: setattr(self, "_stopped", True))
+
+    def _call(self, action: Callable[[], None]) -> None:
+        self._inbox.append(action)
+        loop, event = self._loop, self._event
+        if loop is not None and event is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has just closed
+                loop.call_soon_threadsafe(event.set)
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self) -> EngineReport:
+        self._loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+        self._fatal = None
+        self._requeue_cut_off()
+        try:
+            async with self.api.client() as client:
+                self._client = client
+                remaining = self.options.deadline - time.time()
+                async with asyncio.timeout(max(0.0, remaining)):
+                    await self._drive()
+        except TimeoutError:
+            await self._cancel_all()
+            self.ledger.sync_blocking()
+            raise BatchWaitTimeout(
+                [w.batch_id for w in self._open.values() if w.batch_id],
+                self.options.timeout_seconds,
+            ) from None
+        except BaseException:
+            await self._cancel_all()
+            with contextlib.suppress(Exception):
+                self.ledger.sync_blocking()
+            raise
+        finally:
+            self._loop = None
+            self._event = None
+        await self.ledger.sync()
+        self.report.ledger_writes = self.ledger.writes
+        self.report.window_shrinks = self.window.shrinks
+        return self.report
+
+    async def _drive(self) -> None:
+        assert self._event is not None
+        while True:
+            self._event.clear()
+            while self._inbox:
+                self._inbox.popleft()()
+            if self._fatal is not None:
+                raise self._fatal
+            if self._stopped or (self._input_closed and not self._jobs):
+                return
+            now = time.monotonic()
+            self._start_submissions(now)
+            self._start_polls(now)
+            await self._maybe_report(now)
+            await self._sleep_until(self._next_wakeup(now))
+
+    async def _sleep_until(self, when: float) -> None:
+        assert self._event is not None
+        delay = when - time.monotonic()
+        if delay <= 0:
+            await asyncio.sleep(0)
+            return
+        waiter = asyncio.ensure_future(self._event.wait())
+        try:
+            await asyncio.wait([waiter], timeout=delay)
+        finally:
+            waiter.cancel()
+
+    def _next_wakeup(self, now: float) -> float:
+        every = max(PROGRESS_EVERY_SECONDS, self.options.poll_interval_seconds)
+        candidates = [now + self.options.poll_interval_seconds, self._last_progress + every]
+        if self._polls:
+            candidates.append(self._polls[0][0])
+        if self._queue and self._submit_pause_until > now:
+            candidates.append(self._submit_pause_until)
+        return max(now, min(candidates))
+
+    def _spawn(self, coroutine: Any) -> None:
+        task_ = asyncio.ensure_future(coroutine)
+        self._tasks.add(task_)
+        task_.add_done_callback(self._task_done)
+
+    def _task_done(self, task_: asyncio.Task[None]) -> None:
+        self._tasks.discard(task_)
+        if not task_.cancelled() and task_.exception() is not None and self._fatal is None:
+            self._fatal = task_.exception()
+        if self._event is not None:
+            self._event.set()
+
+    async def _cancel_all(self) -> None:
+        for task_ in list(self._tasks):
+            task_.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._requeue_cut_off()
+
+    def _requeue_cut_off(self) -> None:
+        """Submissions cut off mid-flight (a failed attempt of this task): in doubt now."""
+        for work in list(self._on_wire):
+            self._on_wire.discard(work)
+            if work.batch_id is None:
+                work.in_doubt = True
+                self._push(work)
+        self._unsettled = 0
+        self._polls_running = 0
+        for work in self._open.values():
+            work.busy = False
+        self._polls = [(w.next_poll, next(self._seq), w) for w in self._open.values()]
+        heapq.heapify(self._polls)
+
+    # ------------------------------------------------------------------ groups
+
+    def _admit(self, job: _Job) -> None:
+        index = job.lines.index
+        self._jobs[index] = job
+        self._lines_done += len(job.lines.known)
+        if job.pending:
+            self._plan(job, job.pending, attempt=1)
+        else:
+            self._finish(job)
+
+    def _plan(self, job: _Job, pending: list[str], attempt: int) -> None:
+        job.attempt = attempt
+        job.attempt_rows = []
+        shards = split_into_shards(
+            pending, job.lines.requests, job.lines.index, attempt, self.options.limits
+        )
+        job.waiting = {s.shard_id for s in shards}
+        now = time.monotonic()
         for shard in shards:
-            record = state.load_batch(shard.shard_id)
-            if record is None:
-                record = BatchRecord(
-                    shard.shard_id, shard.group, shard.attempt, len(shard.custom_ids)
+            work = _Work(shard, job)
+            earlier = self.ledger.found.pop(shard.shard_id, None)
+            if earlier is not None and earlier.batch_id is not None:
+                work.batch_id = earlier.batch_id
+                work.submitted_at = now
+                self._open[shard.shard_id] = work
+                self._schedule_poll(work, now)
+                job.reattached += 1
+                self.report.batches_reattached += 1
+            else:
+                if earlier is not None:
+                    work.in_doubt = True
+                    self.report.in_doubt.append(shard.shard_id)
+                    self._log(
+                        "warning",
+                        "shard %s was on the wire when an earlier run stopped; the API cannot "
+                        "say whether it arrived, so it is sent again (its batch may be paid "
+                        "twice)",
+                        shard.shard_id,
+                    )
+                self._push(work)
+
+    def _push(self, work: _Work) -> None:
+        shard = work.shard
+        heapq.heappush(self._queue, (shard.group, shard.attempt, next(self._seq), work))
+
+    def _shard_recorded(self, work: _Work, rows: list[dict[str, Any]]) -> None:
+        job = work.job
+        job.attempt_rows.extend(rows)
+        job.waiting.discard(work.shard.shard_id)
+        self._batches_done += 1
+        if work.shard.attempt == 1:
+            self._lines_done += len(rows)
+        if job.waiting:
+            return
+        table = results_table(job.attempt_rows)
+        job.tables.append(table)
+        retry = [
+            row["custom_id"]
+            for row in job.attempt_rows
+            if row["error_code"] in RETRYABLE_LINE_CODES
+        ]
+        if retry and job.attempt < self.options.max_line_attempts:
+            self._plan(job, retry, job.attempt + 1)
+        else:
+            self._finish(job)
+
+    def _finish(self, job: _Job) -> None:
+        from tasks.merge import results_for
+
+        self._jobs.pop(job.lines.index, None)
+        outcome = GroupOutcome(
+            job.lines,
+            results_for(job.lines, job.tables),
+            batches_submitted=job.submitted,
+            batches_reattached=job.reattached,
+            lines_sent=job.lines_sent,
+            prompt_tokens=job.prompt_tokens,
+        )
+        job.lines.requests = {}  # the merge needs none of it; keep the lookahead small
+        job.future.set_result(outcome)
+
+    def _model_of(self, job: _Job) -> Callable[[str], str | None]:
+        models = self.options.models
+        return lambda custom_id: models.get(job.lines.enrichment_of(custom_id))
+
+    # ------------------------------------------------------------------ submitting
+
+    def _start_submissions(self, now: float) -> None:
+        while self._queue and now >= self._submit_pause_until:
+            if self._unsettled >= self.options.parallel_submissions:
+                return
+            if len(self._open) + len(self._on_wire) >= self.window.limit:
+                return
+            work = heapq.heappop(self._queue)[-1]
+            self._on_wire.add(work)
+            self._unsettled += 1
+            self._spawn(self._submit(work))
+
+    async def _submit(self, work: _Work) -> None:
+        assert self._client is not None
+        shard = work.shard
+        try:
+            self.ledger.intend(shard.shard_id, shard.group)
+            await self.ledger.sync()
+            payload = shard_payload(work.job.lines, shard)
+            try:
+                batch = await self._client.submit_jsonl(
+                    payload, len(shard.custom_ids), retry_rate_limited=False
                 )
-            elif record.batch_id is not None:
-                self.reattached += 1
-            self.records[shard.shard_id] = record
+            except SubmitOutcomeUnknownError as exc:
+                raise SubmitOutcomeUnknownError(
+                    f"shard {shard.shard_id}: {exc.message}",
+                    status_code=exc.status_code,
+                    operation=exc.operation,
+                    hint="Rerun the job: it names this shard and sends it again (its batch may "
+                    "be paid twice)",
+                ) from None
+            except TerminalApiError:
+                self._on_wire.discard(work)  # refused outright (a bad key, a bad request)
+                self.ledger.discard(shard.shard_id)
+                raise
+            except TransientApiError as exc:
+                # Refused before it was queued: nothing is owed for it.
+                self._on_wire.discard(work)
+                if not work.in_doubt:
+                    self.ledger.discard(shard.shard_id)
+                self._push(work)
+                self._submit_refused(exc)
+                return
+            now = time.monotonic()
+            self._answered()
+            self._submit_failures = 0
+            self._on_wire.discard(work)
+            work.batch_id = batch.id
+            work.submitted_at = now
+            self._open[shard.shard_id] = work
+            self._schedule_poll(work, now)
+            work.job.submitted += 1
+            work.job.lines_sent += len(shard.custom_ids)
+            self.report.batches_submitted += 1
+            self.ledger.submitted(shard.shard_id, shard.group, batch.id)
+            await self.ledger.sync()
+        finally:
+            self._unsettled -= 1
 
-    def open_ids(self) -> list[str]:
-        return [r.batch_id for r in self.records.values() if r.is_open and r.batch_id]
+    def _submit_refused(self, exc: TransientApiError) -> None:
+        now = time.monotonic()
+        if exc.status_code == 429:
+            self._answered()
+            self.report.rate_limited += 1
+            open_now = len(self._open) + len(self._on_wire)
+            if self.window.rate_limited(open_now, now):
+                self._log(
+                    "info",
+                    "the API refused a batch with 429 at %d open; keeping at most %d open",
+                    open_now,
+                    self.window.limit,
+                )
+        else:
+            self._connection_trouble(exc, now)
+        self._submit_failures += 1
+        backoff = min(30.0, 0.5 * 2 ** min(self._submit_failures - 1, 6))
+        # Never sooner than the server asked; without an answer, back off exponentially.
+        wait = backoff if exc.retry_after is None else exc.retry_after
+        self._submit_pause_until = max(self._submit_pause_until, now + wait)
 
-    def unfinished(self) -> list[BatchRecord]:
-        return [r for r in self.records.values() if r.status != BatchStatusValue.RECORDED]
+    # ------------------------------------------------------------------ polling
 
-    async def _submit(self, record: BatchRecord) -> None:
-        items, _ = _line_models(self.state.read_shard(record.shard_id))
-        if record.status == BatchStatusValue.SUBMITTING:
-            self.logger.warning(
-                "shard %s was being submitted when an earlier run stopped; the API cannot "
-                "say whether that request arrived, so it is submitted again",
-                record.shard_id,
-            )
-        record.status = BatchStatusValue.SUBMITTING
-        self.state.save_batch(record)
-        batch = await self.client.submit(items)
-        record.batch_id = batch.id
-        record.status = BatchStatusValue.SUBMITTED
-        record.api_status = batch.status.value
-        record.submitted_at = time.time()
-        self.state.save_batch(record)
+    def _schedule_poll(self, work: _Work, now: float) -> None:
+        work.next_poll = self.schedule.next_poll(work.submitted_at, now)
+        heapq.heappush(self._polls, (work.next_poll, next(self._seq), work))
 
-    async def _record(self, record: BatchRecord, batch: Batch) -> None:
-        shard = self.shards[record.shard_id]
-        payload = self.state.read_shard(record.shard_id)
-        _, models = _line_models(payload)
+    def _start_polls(self, now: float) -> None:
+        while self._polls and self._polls[0][0] <= now:
+            if self._polls_running >= MAX_CONCURRENT_POLLS:
+                return
+            when, _, work = heapq.heappop(self._polls)
+            if work.busy or work.next_poll != when or work.shard.shard_id not in self._open:
+                continue  # superseded
+            work.busy = True
+            self._polls_running += 1
+            self._spawn(self._poll(work))
+
+    async def _poll(self, work: _Work) -> None:
+        assert self._client is not None and work.batch_id is not None
+        try:
+            try:
+                batch = await self._client.get(work.batch_id)
+                if batch.is_terminal:
+                    await self._record(work, batch)
+                    return
+            except NotFoundError:
+                self._answered()
+                self._forgotten(work)
+                return
+            except TransientApiError as exc:
+                now = time.monotonic()
+                self._connection_trouble(exc, now)
+                work.next_poll = now + max(self.options.poll_interval_seconds, exc.retry_after or 0)
+                heapq.heappush(self._polls, (work.next_poll, next(self._seq), work))
+                return
+            self._answered()
+            self._schedule_poll(work, time.monotonic())
+        finally:
+            work.busy = False
+            self._polls_running -= 1
+
+    def _forgotten(self, work: _Work) -> None:
+        # The API no longer knows the batch (expired, or an emulator without its database):
+        # its lines were never delivered, so the shard is sent again.
+        self._log(
+            "warning",
+            "batch %s of shard %s is unknown to the API; sending the shard again",
+            work.batch_id,
+            work.shard.shard_id,
+        )
+        self._open.pop(work.shard.shard_id, None)
+        self.ledger.discard(work.shard.shard_id)
+        work.batch_id = None
+        self._push(work)
+
+    async def _record(self, work: _Work, batch: Batch) -> None:
+        assert self._client is not None
+        shard = work.shard
         if batch.status is BatchStatus.FAILED:
             message = f"batch {batch.id} ended 'failed'; the line will be retried in a new batch"
             rows = [_error_row(c, "batch_failed", message, shard.attempt) for c in shard.custom_ids]
         else:
-            output = await self.client.output(batch.id)
-            rows = decode_output(shard, models, output)
-            record.prompt_tokens = sum(
+            try:
+                output = await self._client.output(batch.id)
+            except NotFoundError:
+                self._answered()
+                self._forgotten(work)
+                return
+            rows = decode_output(shard, self._model_of(work.job), output)
+            work.job.prompt_tokens += sum(
                 line.response.body.usage.prompt_tokens
                 for line in output
                 if line.response is not None and line.response.body.usage is not None
             )
-        self.state.write_results(record.shard_id, results_table(rows))
-        record.status = BatchStatusValue.RECORDED
-        record.api_status = batch.status.value
-        record.completed = batch.request_counts.completed
-        record.failed = batch.request_counts.failed
-        self.state.save_batch(record)
+        self._answered()
+        now = time.monotonic()
+        self._open.pop(shard.shard_id, None)
+        self.window.finished()
+        self.schedule.finished(now - work.submitted_at)
+        self._shard_recorded(work, rows)
 
-    async def _poll(self, record: BatchRecord) -> bool:
-        assert record.batch_id is not None
-        try:
-            batch = await self.client.get(record.batch_id)
-        except NotFoundError:
-            # The API no longer knows the batch (expired, or an emulator without its
-            # database): its lines were never delivered, so the shard is submitted again.
-            self.logger.warning(
-                "batch %s of shard %s is unknown to the API; submitting the shard again",
-                record.batch_id,
-                record.shard_id,
+    # ------------------------------------------------------------------ health and progress
+
+    def _answered(self) -> None:
+        self._ever_answered = True
+        self._unreachable_since = None
+
+    def _connection_trouble(self, exc: BatchApiError, now: float) -> None:
+        """No connection, or only server errors: fail early if the API never answered."""
+        if exc.status_code == 429:
+            self._answered()  # busy is an answer: waiting is right
+            return
+        if self._ever_answered:
+            return
+        if self._unreachable_since is None:
+            self._unreachable_since = now
+        elif now - self._unreachable_since >= self.options.unreachable_after_seconds:
+            raise ApiUnreachableError(
+                f"no request to {self.api.base_url} has succeeded in "
+                f"{now - self._unreachable_since:.0f} s of trying ({exc.message}); nothing "
+                "was submitted",
+                hint="Check that batch_api names the right URL and port, that the server is up "
+                "and reachable from this machine (proxy, firewall, VPN), then rerun",
+                operation=exc.operation,
             )
-            record.batch_id, record.status = None, "lost"
-            self.state.save_batch(record)
-            return False
-        if batch.status.value != record.api_status:
-            record.api_status = batch.status.value
-            self.state.save_batch(record)
-        if batch.is_terminal:
-            await self._record(record, batch)
-            return True
-        return False
 
-    async def _poll_round(self, sweep: bool) -> list[bool]:
-        """Poll open batches; True for each that finished.
-
-        A sweep polls every open batch at once. Between sweeps, batches are polled oldest
-        first and the round stops at the first one still running: a backend mostly finishes
-        batches in the order it received them, and this keeps a round to a request or two
-        however many batches are open, instead of one request per open batch.
-        """
-        opened = sorted(
-            (r for r in self.unfinished() if r.batch_id is not None),
-            key=lambda r: r.submitted_at or 0.0,
+    def progress(self) -> Progress:
+        now = time.monotonic()
+        self._samples.append((now, self._lines_done))
+        eta = None
+        first_time, first_done = self._samples[0]
+        remaining = self.options.total_lines - self._lines_done
+        if now - first_time > 1.0 and self._lines_done > first_done and remaining > 0:
+            rate = (self._lines_done - first_done) / (now - first_time)
+            eta = remaining / rate
+        elif remaining <= 0:
+            eta = 0.0
+        return Progress(
+            batches_done=self._batches_done,
+            batches_open=len(self._open) + len(self._on_wire),
+            batches_queued=len(self._queue),
+            lines_done=self._lines_done,
+            lines_total=self.options.total_lines,
+            rate_limited=self.report.rate_limited,
+            window=self.window.limit,
+            eta_seconds=eta,
         )
-        if sweep:
-            return list(await asyncio.gather(*(self._poll(r) for r in opened)))
-        finished: list[bool] = []
-        for record in opened:
-            finished.append(await self._poll(record))
-            if not finished[-1]:
-                break
-        return finished
 
-    async def run(
-        self, poll_interval: float, window_end: float, deadline: float, timeout: float
-    ) -> None:
-        iteration = 0
-        while True:
-            unfinished = self.unfinished()
-            if not unfinished:
-                return
-            # Submit only shards never submitted, up to the in-flight limit.
-            open_count = sum(1 for r in unfinished if r.batch_id is not None)
-            fresh = [r for r in unfinished if r.batch_id is None]
-            slots = max(0, self.max_in_flight - open_count)
-            # One submission at a time, each recorded as soon as it is answered: a crash can
-            # then lose at most the answer to the single request on the wire (the API has no
-            # idempotency key or batch listing to recover it; see README, "Resume").
-            for record in fresh[:slots]:
-                await self._submit(record)
-            finished = await self._poll_round(sweep=iteration % FULL_SWEEP_EVERY == 0)
-            iteration += 1
-            if not self.unfinished():
-                return
-            now = time.time()
-            if now >= deadline:
-                raise BatchWaitTimeout(self.open_ids(), timeout)
-            if now >= window_end:
-                raise BatchesStillOpen(self.open_ids())
-            if not any(finished):
-                await asyncio.sleep(min(poll_interval, max(0.0, deadline - now)))
+    async def _maybe_report(self, now: float) -> None:
+        every = max(PROGRESS_EVERY_SECONDS, self.options.poll_interval_seconds)
+        if now - self._last_progress < every:
+            return
+        self._last_progress = now
+        snapshot = self.progress()
+        if self.on_progress is not None:
+            try:
+                await asyncio.to_thread(self.on_progress, snapshot)
+            except Exception as exc:  # progress is for people; it must not stop the run
+                self._log("debug", "progress not published: %s", exc)
+        if self.on_status is not None and now - self._last_status >= STATUS_EVERY_SECONDS:
+            self._last_status = now
+            self.on_status(snapshot)
+
+    def _log(self, level: str, message: str, *args: Any) -> None:
+        if self.logger is not None:
+            getattr(self.logger, level)(message, *args)
+
+
+def _retry_failures(task_: Any, task_run: Any, state: Any) -> bool:
+    """Retry the engine after a failure that may pass (an object store or API that refused for
+    a while), not after a timeout, a terminal API error or a lost submit answer."""
+    try:
+        state.result()
+    except (BatchWaitTimeout, TerminalApiError, SubmitOutcomeUnknownError):
+        return False
+    except BatchApiError as exc:
+        return exc.retryable
+    except OSError:
+        return True
+    except Exception:
+        return False
+    return False
 
 
 @task(
     name="run-batches",
     cache_policy=NO_CACHE,
-    retry_condition_fn=_retry_wait_or_transient,
-    retry_jitter_factor=0.2,
+    retries=3,
+    retry_delay_seconds=[5, 30, 120],
+    retry_condition_fn=_retry_failures,
 )
-def run_shards(
-    shards: list[Shard],
-    state: RunState,
-    api: ApiSettings,
-    max_in_flight: int,
-    poll_interval_seconds: float,
-    deadline: float,
-    timeout_seconds: float,
-    polling_window_seconds: float = 60.0,
-    run_started: float = 0.0,
-) -> RoundReport:
-    """Submit what was never submitted, wait for every batch, record the decoded output.
-
-    The report counts batches this run submitted (at or after `run_started`, wall clock)
-    apart from batches an earlier run submitted and this one reattached to.
-    """
+def run_batches(
+    engine: BatchEngine,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> EngineReport:
+    """Drive every batch of the run: submit within the window, poll, fetch, decode."""
     logger = get_run_logger()
-    window_end = time.time() + polling_window_seconds
-
-    async def drive() -> _Driver:
-        async with api.client() as client:
-            driver = _Driver(shards, state, client, max_in_flight)
-            if driver.reattached:
-                logger.info("reattached to %d batch(es) submitted earlier", driver.reattached)
-            await driver.run(poll_interval_seconds, window_end, deadline, timeout_seconds)
-            return driver
-
-    driver = asyncio.run(drive())
-    records = [r for r in driver.records.values() if r.submitted_at is not None]
-    return RoundReport(
-        shards=len(shards),
-        submitted=sum(r.submitted_at >= run_started for r in records),
-        reattached=sum(r.submitted_at < run_started for r in records),
-        lines_ok=sum(r.completed for r in records),
-        lines_failed=sum(r.failed for r in records),
-        prompt_tokens=sum(r.prompt_tokens for r in records),
-    )
+    engine.logger = logger
+    engine.on_progress = on_progress
+    engine.on_status = lambda progress: logger.info("waiting: %s", progress.describe())
+    if engine.ledger.found:
+        known = sum(1 for e in engine.ledger.found.values() if e.batch_id is not None)
+        logger.info(
+            "resuming: %d batch(es) submitted by an earlier run will be reattached when their "
+            "groups are read",
+            known,
+        )
+    report = asyncio.run(engine.run())
+    logger.info("done: %s", engine.progress().describe())
+    return report

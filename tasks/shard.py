@@ -15,13 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from batchapi.models import CHAT_COMPLETIONS_URL, BatchLimits
 from tasks.read import READ_ERROR_COLUMN
 from tasks.spec import Enrichment
-from tasks.state import RunState, digest
+from tasks.state import digest
 
 # Errors that are the document's, not the API's: recorded without sending anything.
 EMPTY_TEXT_ERROR = "text is empty or null; nothing was sent (fill the text column to enrich it)"
@@ -55,7 +53,7 @@ class GroupLines:
     index: int
     key: str
     lines: pa.Table  # custom_id, row, enrichment: one row per (document, enrichment)
-    requests: dict[str, str] = field(repr=False)  # custom_id -> JSON request line to send
+    requests: dict[str, bytes] = field(repr=False)  # custom_id -> the request line, encoded once
     known: dict[str, dict[str, Any]] = field(repr=False)  # custom_id -> result row
     carried_over: Counter[str] = field(default_factory=Counter)  # enrichment -> lines
 
@@ -93,7 +91,7 @@ def build_group_lines(
     custom_ids: list[str] = []
     rows: list[int] = []
     names: list[str] = []
-    requests: dict[str, str] = {}
+    requests: dict[str, bytes] = {}
     known: dict[str, dict[str, Any]] = {}
     for row, (doc_id, text, read_error) in enumerate(zip(ids, texts, read_errors, strict=True)):
         for enrichment, spec, template in templates:
@@ -120,7 +118,7 @@ def build_group_lines(
                 },
                 ensure_ascii=False,
                 separators=(",", ":"),
-            )
+            ).encode("utf-8")
     lines = pa.table(
         {
             "custom_id": pa.array(custom_ids, pa.string()),
@@ -133,7 +131,7 @@ def build_group_lines(
 
 def split_into_shards(
     custom_ids: list[str],
-    requests: dict[str, str],
+    requests: dict[str, bytes],
     group: int,
     attempt: int,
     limits: BatchLimits,
@@ -149,7 +147,7 @@ def split_into_shards(
             shards.append(Shard(shard_id, group, attempt, list(current), size))
 
     for custom_id in custom_ids:
-        line_bytes = len(requests[custom_id].encode("utf-8")) + 1
+        line_bytes = len(requests[custom_id]) + 1
         if current and (len(current) >= limits.max_lines or size + line_bytes > limits.max_bytes):
             close()
             current, size = [], 0
@@ -163,9 +161,7 @@ def set_aside_oversized(lines: GroupLines, pending: list[str], limits: BatchLimi
     """Lines that cannot fit in any batch get an error instead of failing the whole run."""
     kept: list[str] = []
     for custom_id in pending:
-        request = lines.requests[custom_id]
-        # A character is at most 4 bytes: only long lines need encoding to be measured.
-        size = len(request.encode("utf-8")) + 1 if 4 * len(request) >= limits.max_bytes else 0
+        size = len(lines.requests[custom_id]) + 1
         if size > limits.max_bytes:
             lines.known[custom_id] = {
                 "custom_id": custom_id,
@@ -180,22 +176,6 @@ def set_aside_oversized(lines: GroupLines, pending: list[str], limits: BatchLimi
     return kept
 
 
-@task(name="plan-shards", cache_policy=NO_CACHE)
-def plan_shards(
-    lines: GroupLines,
-    pending: list[str],
-    attempt: int,
-    limits: BatchLimits,
-    state: RunState,
-) -> list[Shard]:
-    """Split the pending lines into shards and write each new shard's JSONL file.
-
-    A shard that already has a manifest record was written (and maybe submitted) by an
-    earlier run of this generation: its file is left as it is.
-    """
-    shards = split_into_shards(pending, lines.requests, lines.index, attempt, limits)
-    for shard in shards:
-        if state.load_batch(shard.shard_id) is None:
-            payload = "".join(lines.requests[c] + "\n" for c in shard.custom_ids)
-            state.write_shard(shard.shard_id, payload.encode("utf-8"))
-    return shards
+def shard_payload(lines: GroupLines, shard: Shard) -> bytes:
+    """The JSONL body of a shard's batch, from lines encoded once when the group was built."""
+    return b"".join(lines.requests[c] + b"\n" for c in shard.custom_ids)

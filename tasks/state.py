@@ -4,11 +4,12 @@ Layout (pyarrow's dataset discovery ignores `_state`, so readers never see it):
 
     _state/generation.json            current generation, its status, the last one that succeeded
     _state/lock.json                  the run holding the destination (tasks.lock), while it runs
-    _state/gen-000007/shards/ID.jsonl request lines of a shard, written before it is submitted
-    _state/gen-000007/batches/ID.json manifest record: shard -> batch id -> status (every change)
-    _state/gen-000007/results/ID.parquet  decoded output of a fetched batch
+    _state/gen-000007/ledger.json     shard -> batch id for groups not yet recorded (tasks.ledger)
     _state/gen-000007/groups/KEY.parquet  every result of a finished group of documents
     _state/gen-000007/staging/        the output dataset being written, before it is committed
+
+No copy of the documents' text is kept: request lines are rebuilt from the source, and their
+custom ids are content-addressed, so the same source and spec give the same shards.
 
 A generation is one logical run. A run that crashed, failed or timed out leaves its generation
 "running"; the next run resumes it (same shard ids, so submitted batches are reattached, never
@@ -23,7 +24,6 @@ import hashlib
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -53,36 +53,6 @@ RESULT_SCHEMA = pa.schema(
         ("attempts", pa.int32()),
     ]
 )
-
-
-class BatchStatusValue:
-    SUBMITTING = "submitting"  # written just before the POST: an answer may be lost in a crash
-    SUBMITTED = "submitted"  # accepted by the API, not terminal yet
-    COMPLETED = "completed"  # terminal on the API side, output not yet recorded
-    FAILED = "failed"  # the whole batch failed on the API side
-    RECORDED = "recorded"  # output decoded and stored under results/
-
-
-@dataclass
-class BatchRecord:
-    """One manifest entry: a shard, the batch it became, and where that batch stands."""
-
-    shard_id: str
-    group: int
-    attempt: int
-    lines: int
-    batch_id: str | None = None
-    status: str = "planned"
-    api_status: str | None = None
-    completed: int = 0
-    failed: int = 0
-    prompt_tokens: int = 0
-    submitted_at: float | None = None
-    updated_at: float = field(default_factory=time.time)
-
-    @property
-    def is_open(self) -> bool:
-        return self.batch_id is not None and self.status == BatchStatusValue.SUBMITTED
 
 
 def key_of(custom_id: str) -> int:
@@ -181,8 +151,8 @@ class RunState:
             for path in self.fs.glob(join(self.state_root, "gen-*")):
                 if not path.rstrip("/").endswith(self._generation_dir(self.generation)):
                     remove(self.fs, path, recursive=True)
-            for folder in ("shards", "results", "staging"):
-                remove(self.fs, join(self.generation_root(), folder), recursive=True)
+            remove(self.fs, join(self.generation_root(), "staging"), recursive=True)
+            remove(self.fs, self.ledger_path())
         else:
             self._write_generation("failed", flow_run_id)
 
@@ -234,34 +204,23 @@ class RunState:
     def _path(self, folder: str, name: str) -> str:
         return join(self.generation_root(), folder, name)
 
-    def shard_path(self, shard_id: str) -> str:
-        return self._path("shards", f"{shard_id}.jsonl")
-
     def staging_path(self, name: str) -> str:
         return self._path("staging", name)
 
-    # ------------------------------------------------------------------ shards and manifest
+    # ------------------------------------------------------------------ ledger
 
-    def write_shard(self, shard_id: str, payload: bytes) -> str:
-        path = self.shard_path(shard_id)
-        write_bytes_atomic(self.fs, path, payload)
-        return path
+    def ledger_path(self) -> str:
+        return join(self.generation_root(), "ledger.json")
 
-    def read_shard(self, shard_id: str) -> bytes:
-        with self.fs.open(self.shard_path(shard_id), "rb") as handle:
-            return handle.read()
+    def read_ledger(self) -> bytes | None:
+        try:
+            with self.fs.open(self.ledger_path(), "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return None
 
-    def load_batch(self, shard_id: str) -> BatchRecord | None:
-        payload = read_json(self.fs, self._path("batches", f"{shard_id}.json"))
-        return BatchRecord(**payload) if payload else None
-
-    def save_batch(self, record: BatchRecord) -> None:
-        record.updated_at = time.time()
-        write_json_atomic(self.fs, self._path("batches", f"{record.shard_id}.json"), asdict(record))
-
-    def batches(self) -> list[BatchRecord]:
-        paths = self.fs.glob(self._path("batches", "*.json"))
-        return [BatchRecord(**read_json(self.fs, path)) for path in sorted(paths)]
+    def write_ledger(self, payload: bytes) -> None:
+        write_bytes_atomic(self.fs, self.ledger_path(), payload)
 
     # ------------------------------------------------------------------ results
 
@@ -275,12 +234,6 @@ class RunState:
             return pq.read_table(path, filesystem=self.fs)
         except FileNotFoundError:
             return None
-
-    def write_results(self, shard_id: str, table: pa.Table) -> None:
-        self._write_table(self._path("results", f"{shard_id}.parquet"), table)
-
-    def read_results(self, shard_id: str) -> pa.Table | None:
-        return self._read_table(self._path("results", f"{shard_id}.parquet"))
 
     def write_group(self, group_key: str, table: pa.Table) -> None:
         self._write_table(self._path("groups", f"{group_key}.parquet"), table)

@@ -328,7 +328,8 @@ def test_backoff_honours_retry_after_and_caps() -> None:
     client = BatchApiClient("http://127.0.0.1:1", max_retries=3, backoff_base=1, backoff_max=5)
     busy = TransientApiError("busy", status_code=429, retry_after=2.5)
     assert client._delay(busy, 0) == 2.5
-    assert client._delay(TransientApiError("busy", retry_after=60), 0) == 5
+    # Never sooner than asked: a wait beyond backoff_max goes back to the caller with the error.
+    assert client._delay(TransientApiError("busy", retry_after=60), 0) is None
     delays = [client._delay(TransientApiError("x"), 2) for _ in range(50)]
     assert all(0 <= d <= 4 for d in delays) and len(set(delays)) > 1  # full jitter
     assert client._delay(busy, 3) is None  # retries exhausted

@@ -17,6 +17,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from batchapi.emulator.runner import RunningEmulator
 from tasks.batch import BatchWaitTimeout
 from tests.conftest import free_port
 from tests.flows.conftest import ENRICHMENTS, FLOW_TEST_KEY, make_documents
@@ -38,51 +39,56 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05) -> None:
 
 
 def submitted_batches(destination: str) -> int:
-    """Batches recorded as submitted, or -1 while a submission is on the wire.
+    """Batch ids in the run's ledger now, or -1 while a submission is on the wire.
 
-    The API has no idempotency key and no batch listing, so a crash while a POST is on the
-    wire cannot be told apart from one just before it (see README, "Resume"); the kill points
-    below are taken while the flow is polling, which is where a night spends its time.
+    The ledger keeps the batches of groups not yet recorded. The API has no idempotency key
+    and no batch listing, so a crash while a POST is on the wire cannot be told apart from one
+    just before it (see README, "Resume"); the kill points below are taken while the flow is
+    polling, which is where a night spends its time.
     """
-    folder = Path(destination) / "_state" / "gen-000001" / "batches"
-    if not folder.exists():
+    ledger = Path(destination) / "_state" / "gen-000001" / "ledger.json"
+    try:
+        shards = json.loads(ledger.read_text())["shards"]
+    except (FileNotFoundError, json.JSONDecodeError):
         return 0
-    count = 0
-    for path in folder.glob("*.json"):
-        try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            return -1
-        if record["status"] == "submitting":
-            return -1
-        count += record.get("batch_id") is not None
-    return count
+    if any(entry["batch_id"] is None for entry in shards.values()):
+        return -1
+    return len(shards)
 
 
 def kill_mid_run_then_rerun(
-    params: dict, env: dict[str, str], tmp_path: Path, kill_after_batches: int
+    params: dict,
+    env: dict[str, str],
+    tmp_path: Path,
+    kill_after_batches: int,
+    emulator: RunningEmulator | None = None,
 ) -> dict:
-    """Run the flow's command line, SIGKILL it once `kill_after_batches` batches are recorded
-    as submitted, rerun it to the end, and return the rerun's report."""
+    """Run the flow's command line, SIGKILL it once `kill_after_batches` batches were created
+    (counted by `emulator` if given, else in the ledger) with none on the wire, rerun it to
+    the end, and return the rerun's report."""
     job = tmp_path / "job.json"
     job.write_text(
         json.dumps({"enrichments": ENRICHMENTS, "poll_interval_seconds": 0.05, **params})
     )
+    destination = params["destination"]
+
+    def ready() -> bool:
+        in_ledger = submitted_batches(destination)
+        if emulator is None:
+            return in_ledger >= kill_after_batches
+        return in_ledger >= 1 and emulator.stats()["batches_created"] >= kill_after_batches
+
     command = [sys.executable, "-m", "flows.enrich", "--params", str(job)]
     first = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        wait_for(
-            lambda: submitted_batches(params["destination"]) >= kill_after_batches,
-            timeout=90,
-            interval=0.01,
-        )
+        wait_for(ready, timeout=90, interval=0.01)
         first.send_signal(signal.SIGKILL)
     finally:
         first.wait(timeout=30)
     assert first.returncode == -signal.SIGKILL
-    assert not (Path(params["destination"]) / "enriched.parquet").exists()
+    assert not (Path(destination) / "enriched.parquet").exists()
 
     second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -104,7 +110,7 @@ def test_sigkill_mid_run_then_rerun_pays_once(
         "max_in_flight": 2,
     }
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "BATCH_API_KEY": FLOW_TEST_KEY}
-    report = kill_mid_run_then_rerun(params, env, tmp_path, kill_after_batches)
+    report = kill_mid_run_then_rerun(params, env, tmp_path, kill_after_batches, emulator)
     assert report["resumed"] is True
     assert report["batches_reattached"] >= 1
 

@@ -1,26 +1,27 @@
-"""The working state: generations, the manifest, and the carry-over index."""
+"""The working state: generations, the ledger's object, and the carry-over index."""
 
 from __future__ import annotations
 
 import json
 
-from tasks.state import BatchRecord, PreviousResults, RunState, results_table
+from tasks.state import PreviousResults, RunState, results_table
 
 
 def test_an_unfinished_generation_is_resumed_and_a_success_starts_a_new_one(tmp_path) -> None:
     destination = str(tmp_path / "out")
     first = RunState(destination).begin("run-1")
     assert (first.generation, first.resumed) == (1, False)
-    first.save_batch(BatchRecord("s1", group=0, attempt=1, lines=3, batch_id="batch_1"))
+    first.write_ledger(b'{"shards": {}}')
 
     crashed_rerun = RunState(destination).begin("run-2")
     assert (crashed_rerun.generation, crashed_rerun.resumed) == (1, True)
-    assert crashed_rerun.load_batch("s1").batch_id == "batch_1"
+    assert crashed_rerun.read_ledger() == b'{"shards": {}}'
     crashed_rerun.finish(succeeded=True)
 
     night = RunState(destination).begin("run-3")
     assert (night.generation, night.resumed, night.last_succeeded) == (2, False, 1)
-    assert night.load_batch("s1") is None
+    assert night.read_ledger() is None
+    assert not (tmp_path / "out" / "_state" / "gen-000001" / "ledger.json").exists()
     night.finish(succeeded=False)
     status = json.loads((tmp_path / "out" / "_state" / "generation.json").read_text())
     assert status["status"] == "failed" and status["last_succeeded"] == 1

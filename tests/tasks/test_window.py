@@ -1,0 +1,50 @@
+"""The engine's policies: the adaptive in-flight window and the poll schedule."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.window import AdaptiveWindow, PollSchedule
+
+
+def test_429s_shrink_the_window_once_per_burst_and_it_grows_back_gradually() -> None:
+    window = AdaptiveWindow(1000)
+    assert window.limit == 1000
+    assert window.rate_limited(open_batches=100, now=10.0)
+    assert window.limit == 90  # a little under what the provider accepted
+    # Refusals of submissions that were already on the wire count once.
+    assert not window.rate_limited(open_batches=100, now=10.2)
+    assert window.limit == 90
+    for _ in range(92):
+        window.finished()
+    assert window.limit == 91  # one slot per window's worth of finished batches
+    # A storm: each burst shrinks again, never below one.
+    for second in range(20, 60):
+        window.rate_limited(open_batches=window.limit, now=float(second))
+    assert window.limit == 1
+    assert window.shrinks == 41
+
+
+def test_the_window_never_grows_past_max_in_flight() -> None:
+    window = AdaptiveWindow(4)
+    for _ in range(100):
+        window.finished()
+    assert window.limit == 4
+    with pytest.raises(ValueError):
+        AdaptiveWindow(0)
+
+
+def test_polls_wait_for_the_usual_duration_then_follow_the_poll_interval() -> None:
+    schedule = PollSchedule(poll_interval=1.0)
+    # Nothing seen yet: every poll interval, backing off slowly once a batch is overdue.
+    assert schedule.next_poll(submitted_at=0.0, now=0.0) == 1.0
+    assert schedule.next_poll(submitted_at=0.0, now=40.0) == pytest.approx(45.0)
+    assert schedule.next_poll(submitted_at=0.0, now=400.0) == pytest.approx(410.0)  # capped
+    for duration in [30.0, 31.0, 29.5, 30.5, 32.0, 30.2]:
+        schedule.finished(duration)
+    assert schedule.expected is not None and 25.0 < schedule.expected < 30.0
+    # A new batch is first looked at when batches like it usually finish ...
+    first = schedule.next_poll(submitted_at=100.0, now=100.0)
+    assert first == pytest.approx(100.0 + schedule.expected)
+    # ... then every poll interval.
+    assert schedule.next_poll(submitted_at=100.0, now=first) == pytest.approx(first + 1.0)
