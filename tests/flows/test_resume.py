@@ -21,7 +21,7 @@ from batchapi.emulator.runner import RunningEmulator
 from tasks.batch import BatchWaitTimeout
 from tests.conftest import free_port
 from tests.flows.conftest import ENRICHMENTS, FLOW_TEST_KEY, make_documents
-from tests.flows.fault_proxy import FailingWritesProxy
+from tests.flows.fault_proxy import LoopbackProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -297,7 +297,7 @@ def test_s3_write_error_keeps_the_previous_dataset(
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     before = fs.cat_file(f"{s3_bucket}/enriched/enriched.parquet")
 
-    with FailingWritesProxy(moto_server, fail_marker="/staging/") as proxy:
+    with LoopbackProxy(moto_server, fail_marker="/staging/") as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
         with pytest.raises(Exception) as caught:
