@@ -71,6 +71,8 @@ RETRYABLE_LINE_CODES = frozenset({"server_error", "rate_limited", "batch_failed"
 UNREACHABLE_AFTER_SECONDS = 40.0
 # Polls and output downloads on the wire at once.
 MAX_CONCURRENT_POLLS = 32
+# A batch id is written with the next shard's intent, or after this long at the latest.
+SETTLE_AFTER_SECONDS = 0.5
 # How often the progress artifact moves, and how often a status line is logged.
 PROGRESS_EVERY_SECONDS = 5.0
 STATUS_EVERY_SECONDS = 60.0
@@ -288,8 +290,13 @@ class BatchEngine:
         self._stopped = False
         self._fatal: BaseException | None = None
         self._client: AsyncBatchApiClient | None = None
-        # Shards between their durable intent and their durable batch id (or refusal).
+        # Shards between their intent and a durable batch id (at most parallel_submissions:
+        # the most a crash can leave in doubt); batch ids recorded, and made durable.
         self._unsettled = 0
+        self._ids_recorded = 0
+        self._ids_settled = 0
+        self._oldest_unsettled: float | None = None
+        self._settling = False
         self._polls_running = 0
         self._submit_pause_until = 0.0
         self._submit_failures = 0
@@ -377,6 +384,7 @@ class BatchEngine:
             now = time.monotonic()
             self._start_submissions(now)
             self._start_polls(now)
+            self._maybe_settle(now)
             await self._maybe_report(now)
             await self._sleep_until(self._next_wakeup(now))
 
@@ -399,6 +407,8 @@ class BatchEngine:
             candidates.append(self._polls[0][0])
         if self._queue and self._submit_pause_until > now:
             candidates.append(self._submit_pause_until)
+        if self._oldest_unsettled is not None:
+            candidates.append(self._oldest_unsettled + SETTLE_AFTER_SECONDS)
         return max(now, min(candidates))
 
     def _spawn(self, coroutine: Any) -> None:
@@ -428,6 +438,9 @@ class BatchEngine:
                 work.in_doubt = True
                 self._push(work)
         self._unsettled = 0
+        self._ids_settled = self._ids_recorded
+        self._oldest_unsettled = None
+        self._settling = False
         self._polls_running = 0
         for work in self._open.values():
             work.busy = False
@@ -536,49 +549,78 @@ class BatchEngine:
     async def _submit(self, work: _Work) -> None:
         assert self._client is not None
         shard = work.shard
+        self.ledger.intend(shard.shard_id, shard.group)
         try:
-            self.ledger.intend(shard.shard_id, shard.group)
-            await self.ledger.sync()
+            await self._sync_ledger()
             payload = shard_payload(work.job.lines, shard)
-            try:
-                batch = await self._client.submit_jsonl(
-                    payload, len(shard.custom_ids), retry_rate_limited=False
-                )
-            except SubmitOutcomeUnknownError as exc:
-                raise SubmitOutcomeUnknownError(
-                    f"shard {shard.shard_id}: {exc.message}",
-                    status_code=exc.status_code,
-                    operation=exc.operation,
-                    hint="Rerun the job: it names this shard and sends it again (its batch may "
-                    "be paid twice)",
-                ) from None
-            except TerminalApiError:
-                self._on_wire.discard(work)  # refused outright (a bad key, a bad request)
-                self.ledger.discard(shard.shard_id)
-                raise
-            except TransientApiError as exc:
-                # Refused before it was queued: nothing is owed for it.
-                self._on_wire.discard(work)
-                if not work.in_doubt:
-                    self.ledger.discard(shard.shard_id)
-                self._push(work)
-                self._submit_refused(exc)
-                return
-            now = time.monotonic()
-            self._answered()
-            self._submit_failures = 0
+            batch = await self._client.submit_jsonl(
+                payload, len(shard.custom_ids), retry_rate_limited=False
+            )
+        except SubmitOutcomeUnknownError as exc:
+            raise SubmitOutcomeUnknownError(
+                f"shard {shard.shard_id}: {exc.message}",
+                status_code=exc.status_code,
+                operation=exc.operation,
+                hint="Rerun the job: it names this shard and sends it again (its batch may "
+                "be paid twice)",
+            ) from None
+        except (TerminalApiError, TransientApiError) as exc:
+            # Refused before it was queued (a bad key, a busy or failing server): nothing is
+            # owed for it.
             self._on_wire.discard(work)
-            work.batch_id = batch.id
-            work.submitted_at = now
-            self._open[shard.shard_id] = work
-            self._schedule_poll(work, now)
-            work.job.submitted += 1
-            work.job.lines_sent += len(shard.custom_ids)
-            self.report.batches_submitted += 1
-            self.ledger.submitted(shard.shard_id, shard.group, batch.id)
-            await self.ledger.sync()
-        finally:
             self._unsettled -= 1
+            if not work.in_doubt:
+                self.ledger.discard(shard.shard_id)
+            if isinstance(exc, TerminalApiError):
+                raise
+            self._push(work)
+            self._submit_refused(exc)
+            return
+        now = time.monotonic()
+        self._answered()
+        self._submit_failures = 0
+        self._on_wire.discard(work)
+        work.batch_id = batch.id
+        work.submitted_at = now
+        self._open[shard.shard_id] = work
+        self._schedule_poll(work, now)
+        work.job.submitted += 1
+        work.job.lines_sent += len(shard.custom_ids)
+        self.report.batches_submitted += 1
+        # Written with the next intent (one write for both), or by _maybe_settle: until then
+        # the shard keeps its place among the `parallel_submissions` that may be in doubt.
+        self.ledger.submitted(shard.shard_id, shard.group, batch.id)
+        self._ids_recorded += 1
+        if self._oldest_unsettled is None:
+            self._oldest_unsettled = now
+
+    async def _sync_ledger(self) -> None:
+        """Make the ledger durable; every batch id recorded before the call is then settled."""
+        recorded = self._ids_recorded
+        await self.ledger.sync()
+        if recorded > self._ids_settled:
+            self._unsettled -= recorded - self._ids_settled
+            self._ids_settled = recorded
+            if self._ids_settled == self._ids_recorded:
+                self._oldest_unsettled = None
+
+    def _maybe_settle(self, now: float) -> None:
+        if self._settling or self._ids_recorded == self._ids_settled:
+            return
+        blocked = self._unsettled >= self.options.parallel_submissions
+        stale = (
+            self._oldest_unsettled is not None
+            and now - self._oldest_unsettled >= SETTLE_AFTER_SECONDS
+        )
+        if blocked or stale or not self._queue:
+            self._settling = True
+            self._spawn(self._settle())
+
+    async def _settle(self) -> None:
+        try:
+            await self._sync_ledger()
+        finally:
+            self._settling = False
 
     def _submit_refused(self, exc: TransientApiError) -> None:
         now = time.monotonic()

@@ -1,0 +1,158 @@
+"""The batch engine against a real emulator over HTTP, without Prefect around it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+
+from batchapi.emulator.runner import RunningEmulator
+from batchapi.models import BatchLimits
+from tasks.batch import ApiSettings, BatchEngine, BatchWaitTimeout, EngineOptions
+from tasks.ledger import Ledger
+from tasks.shard import build_group_lines
+from tasks.spec import parse_enrichments
+from tasks.state import RunState
+from tests.conftest import TEST_API_KEY, free_port
+from tests.flows.conftest import ENRICHMENTS, make_documents
+from tests.flows.fault_proxy import LoopbackProxy
+
+ENRICHMENT_SPECS = parse_enrichments(ENRICHMENTS)
+
+
+def _engine(
+    tmp_path,
+    base_url: str,
+    documents: int,
+    groups: int = 1,
+    max_lines: int = 10,
+    timeout: float = 60.0,
+    **options: object,
+) -> tuple[BatchEngine, list]:
+    state = RunState(str(tmp_path / "out")).begin("run")
+    settings = {
+        "limits": BatchLimits(max_lines=max_lines),
+        "max_in_flight": 8,
+        "parallel_submissions": 4,
+        "poll_interval_seconds": 0.05,
+        "timeout_seconds": timeout,
+        "deadline": time.time() + timeout,
+        "max_line_attempts": 3,
+        "models": {e.name: e.model for e in ENRICHMENT_SPECS},
+        "total_lines": documents * len(ENRICHMENT_SPECS),
+        **options,
+    }
+    engine = BatchEngine(
+        Ledger(state),
+        ApiSettings(base_url, api_key=TEST_API_KEY, max_lines=max_lines),
+        EngineOptions(**settings),  # type: ignore[arg-type]
+    )
+    per_group = documents // groups
+    futures = []
+    for index in range(groups):
+        table = make_documents(per_group, start=index * per_group)
+        lines = build_group_lines(table, index, ENRICHMENT_SPECS, "id", "text")
+        futures.append(engine.add_group(lines, list(lines.requests)))
+    engine.close_input()
+    return engine, futures
+
+
+def test_one_window_for_all_groups_and_every_line_once(
+    tmp_path, emulator_factory: Callable[..., RunningEmulator]
+) -> None:
+    emulator = emulator_factory(latency=0.2, workers=2)
+    engine, futures = _engine(tmp_path, emulator.base_url, documents=60, groups=3)
+    report = asyncio.run(engine.run())
+    outcomes = [f.result(timeout=0) for f in futures]
+    assert [o.results.num_rows for o in outcomes] == [60, 60, 60]
+    assert all(o.results.column("error").null_count == 60 for o in outcomes)
+    # 20 documents x 3 enrichments per group, 10 lines per batch: 6 batches per group.
+    assert report.batches_submitted == emulator.stats()["batches_created"] == 18
+    # A batch id is written with the next shard's intent: about one write per batch, not one
+    # for the intent and one for the id.
+    assert engine.ledger.writes <= report.batches_submitted + 2
+
+
+def test_a_cap_on_open_batches_shrinks_the_window_and_nothing_is_paid_twice(
+    tmp_path, emulator_factory: Callable[..., RunningEmulator]
+) -> None:
+    emulator = emulator_factory(latency=0.3, max_open_batches=3, open_cap_retry_after=1)
+    engine, futures = _engine(
+        tmp_path, emulator.base_url, documents=60, groups=2, max_in_flight=40
+    )
+    report = asyncio.run(engine.run())
+    stats = emulator.stats()
+    assert report.rate_limited == stats["rejected_open_cap"] > 0
+    # Shrunk to what the provider accepts (and regrowing one slot per window of batches).
+    assert engine.window.limit <= 6 < engine.window.max
+    assert report.window_shrinks >= 1
+    assert stats["batches_created"] == report.batches_submitted == 18
+    assert sum(f.result(timeout=0).results.num_rows for f in futures) == 180
+
+
+def test_retry_after_is_never_cut_short(
+    tmp_path, emulator_factory: Callable[..., RunningEmulator]
+) -> None:
+    emulator = emulator_factory(latency=0.1, max_open_batches=1, open_cap_retry_after=2)
+    engine, _ = _engine(
+        tmp_path, emulator.base_url, documents=10, max_in_flight=4, parallel_submissions=1
+    )
+    refusals: list[float] = []
+    sends: list[float] = []
+    original = engine._submit_refused
+
+    def refused(exc):  # type: ignore[no-untyped-def]
+        refusals.append(time.monotonic())
+        original(exc)
+
+    async def record_sends() -> None:
+        assert engine._client is not None
+        client_submit = engine._client.submit_jsonl
+
+        async def submit(*args, **kwargs):  # type: ignore[no-untyped-def]
+            sends.append(time.monotonic())
+            return await client_submit(*args, **kwargs)
+
+        engine._client.submit_jsonl = submit  # type: ignore[method-assign]
+
+    engine._submit_refused = refused  # type: ignore[method-assign]
+
+    async def drive() -> None:
+        runner = asyncio.ensure_future(engine.run())
+        while engine._client is None:
+            await asyncio.sleep(0.001)
+        await record_sends()
+        await runner
+
+    asyncio.run(drive())
+    assert refusals, "the cap of one open batch was never hit"
+    for refused_at in refusals:
+        later = [t for t in sends if t > refused_at]
+        assert later and later[0] - refused_at >= 2.0
+
+
+def test_the_deadline_holds_while_every_request_hangs(
+    tmp_path, emulator_factory: Callable[..., RunningEmulator]
+) -> None:
+    emulator = emulator_factory()
+    with LoopbackProxy(emulator.base_url, delay=30.0) as proxy:
+        engine, _ = _engine(tmp_path, proxy.url, documents=10, timeout=2.0)
+        started = time.monotonic()
+        with pytest.raises(BatchWaitTimeout, match="Rerun the same job"):
+            asyncio.run(engine.run())
+        assert time.monotonic() - started < 2.0 + 3 * 0.05 + 1.0
+
+
+def test_an_api_that_never_answers_fails_early_naming_the_url(tmp_path) -> None:
+    from tasks.batch import ApiUnreachableError
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    engine, _ = _engine(tmp_path, dead, documents=10, unreachable_after_seconds=3.0)
+    with pytest.raises(ApiUnreachableError) as caught:
+        asyncio.run(engine.run())
+    message = str(caught.value)
+    assert dead in message and "nothing was submitted" in message
+    assert "reachable" in message
+    assert engine.report.batches_submitted == 0
