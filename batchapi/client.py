@@ -687,6 +687,12 @@ class AsyncBatchApiClient(_ClientCore):
         response = await self._send("GET", _batch_path(batch_id, "/output"), "output")
         return self._output(response)
 
+    async def output_bytes(self, batch_id: str) -> bytes:
+        """`GET /v1/batches/{batch_id}/output` as the JSONL bytes, for callers that decode
+        lines themselves (`parse_output` reads them the lenient way)."""
+        response = await self._send("GET", _batch_path(batch_id, "/output"), "output")
+        return response.content
+
     async def aclose(self) -> None:
         await self._http.aclose()
 

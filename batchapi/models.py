@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -313,23 +314,13 @@ class Entity(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, extra="ignore")
 
-    text: str
+    # Aliases rather than a Python validator: a batch decodes thousands of entities.
+    text: str = Field(validation_alias=AliasChoices("text", "value"))
     type: str
-    confidence: float = Field(ge=0.0, le=1.0)
+    confidence: float = Field(ge=0.0, le=1.0, validation_alias=AliasChoices("confidence", "score"))
     start: int | None = Field(default=None, ge=0)
     end: int | None = Field(default=None, ge=0)
     context: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _accept_old_names(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = dict(data)
-            if "text" not in data and "value" in data:
-                data["text"] = data.pop("value")
-            if "confidence" not in data and "score" in data:
-                data["confidence"] = data.pop("score")
-        return data
 
 
 class ExtractResult(BaseModel):
@@ -478,16 +469,23 @@ class OutputLine(BaseModel):
         if self.response is None:
             raise DecodeError(f"line {self.custom_id!r} has no response")
         name = model or self.response.body.model
-        result_model = RESULT_MODELS.get(name)
-        if result_model is None:
-            raise DecodeError(f"line {self.custom_id!r}: unknown model {name!r}")
-        content = self.response.body.choices[0].message.content
-        try:
-            return result_model.model_validate_json(content)  # type: ignore[return-value]
-        except ValueError as exc:
-            raise DecodeError(
-                f"line {self.custom_id!r}: content is not a valid {name} result: {exc}"
-            ) from exc
+        return decode_content(self.custom_id, name, self.response.body.choices[0].message.content)
+
+
+def decode_content(custom_id: str, model: str, content: str | bytes) -> DomainResult:
+    """`choices[0].message.content` as the domain result of `model`, in one validating parse.
+
+    Raises DecodeError when the content is not JSON or does not fit the model.
+    """
+    result_model = RESULT_MODELS.get(model)
+    if result_model is None:
+        raise DecodeError(f"line {custom_id!r}: unknown model {model!r}")
+    try:
+        return result_model.model_validate_json(content)  # type: ignore[return-value]
+    except ValueError as exc:
+        raise DecodeError(
+            f"line {custom_id!r}: content is not a valid {model} result: {exc}"
+        ) from exc
 
 
 # --------------------------------------------------------------------------- JSONL helpers

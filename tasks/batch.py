@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -42,6 +43,7 @@ from batchapi.client import (
     SubmitOutcomeUnknownError,
     TerminalApiError,
     TransientApiError,
+    parse_output,
 )
 from batchapi.models import (
     Batch,
@@ -52,6 +54,7 @@ from batchapi.models import (
     ExtractResult,
     OutputLine,
     SummarizeResult,
+    decode_content,
 )
 from tasks.ledger import Ledger
 from tasks.shard import GroupLines, Shard, shard_payload, split_into_shards
@@ -71,6 +74,8 @@ RETRYABLE_LINE_CODES = frozenset({"server_error", "rate_limited", "batch_failed"
 UNREACHABLE_AFTER_SECONDS = 40.0
 # Polls and output downloads on the wire at once.
 MAX_CONCURRENT_POLLS = 32
+# The polling budget per batch that finishes (see BatchEngine._poll_rate).
+POLLS_PER_FINISHED_BATCH = 3.0
 # A batch id is written with the next shard's intent, or after this long at the latest.
 SETTLE_AFTER_SECONDS = 0.5
 # How often the progress artifact moves, and how often a status line is logged.
@@ -150,6 +155,7 @@ class EngineReport:
     batches_submitted: int = 0
     batches_reattached: int = 0
     rate_limited: int = 0
+    polls: int = 0
     window_shrinks: int = 0
     ledger_writes: int = 0
     in_doubt: list[str] = field(default_factory=list)
@@ -194,6 +200,74 @@ def _error_row(custom_id: str, code: str, message: str, attempt: int) -> dict[st
     }
 
 
+def _ok_row(custom_id: str, result: Any, attempt: int) -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "result": result.model_dump_json(include=STORED_FIELDS[type(result)]),
+        "error": None,
+        "error_code": None,
+        "attempts": attempt,
+    }
+
+
+def decode_output_bytes(
+    shard: Shard, model_of: Callable[[str], str | None], payload: bytes
+) -> tuple[list[dict[str, Any]], int]:
+    """The shard's result rows and prompt tokens from the output JSONL: orjson reads each
+    line's envelope and the domain result is validated in one parse of its content. A line of
+    any other shape (an HTTP-style error, a missing field) sends the whole output through the
+    lenient `parse_output` instead."""
+    found: dict[str, tuple[str, Any, Any]] = {}
+    tokens = 0
+    try:
+        for raw in payload.split(b"\n"):
+            if not raw.strip():
+                continue
+            item = orjson.loads(raw)
+            custom_id, error, response = item["custom_id"], item.get("error"), item.get("response")
+            if error is None and response.get("status_code", 200) < 400:
+                body = response["body"]
+                content = body["choices"][0]["message"]["content"]
+                if not isinstance(custom_id, str) or not isinstance(content, str):
+                    raise TypeError("unexpected output line")
+                found[custom_id] = ("ok", content, None)
+                usage = body.get("usage")
+                tokens += usage.get("prompt_tokens", 0) if usage else 0
+            else:
+                found[custom_id] = ("error", str(error["code"]), str(error["message"]))
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+        lines = parse_output(payload)
+        return decode_output(shard, model_of, lines), _prompt_tokens(lines)
+    rows: list[dict[str, Any]] = []
+    for custom_id in shard.custom_ids:
+        kind, first, second = found.get(custom_id, ("missing", None, None))
+        if kind == "ok":
+            model = model_of(custom_id)
+            try:
+                result = decode_content(custom_id, model or "", first)
+            except DecodeError as exc:
+                rows.append(_error_row(custom_id, "decode_error", str(exc), shard.attempt))
+                continue
+            rows.append(_ok_row(custom_id, result, shard.attempt))
+        elif kind == "error":
+            rows.append(_error_row(custom_id, first, second, shard.attempt))
+        else:
+            rows.append(
+                _error_row(
+                    custom_id, "missing_output", "line missing from batch output", shard.attempt
+                )
+            )
+    return rows, tokens
+
+
+def _prompt_tokens(lines: list[OutputLine]) -> int:
+    return sum(
+        line.response.body.usage.prompt_tokens
+        for line in lines
+        if line.response is not None and line.response.body.usage is not None
+    )
+
+
 def decode_output(
     shard: Shard, model_of: Callable[[str], str | None], lines: list[OutputLine]
 ) -> list[dict[str, Any]]:
@@ -216,15 +290,7 @@ def decode_output(
             except DecodeError as exc:
                 rows.append(_error_row(custom_id, "decode_error", str(exc), shard.attempt))
                 continue
-            rows.append(
-                {
-                    "custom_id": custom_id,
-                    "result": result.model_dump_json(include=STORED_FIELDS[type(result)]),
-                    "error": None,
-                    "error_code": None,
-                    "attempts": shard.attempt,
-                }
-            )
+            rows.append(_ok_row(custom_id, result, shard.attempt))
     return rows
 
 
@@ -298,6 +364,10 @@ class BatchEngine:
         self._oldest_unsettled: float | None = None
         self._settling = False
         self._polls_running = 0
+        self._poll_tokens = 0.0
+        self._tokens_at = time.monotonic()
+        self._next_poll_at: float | None = None
+        self._completions: deque[float] = deque(maxlen=64)
         self._submit_pause_until = 0.0
         self._submit_failures = 0
         self._ever_answered = False
@@ -403,8 +473,8 @@ class BatchEngine:
     def _next_wakeup(self, now: float) -> float:
         every = max(PROGRESS_EVERY_SECONDS, self.options.poll_interval_seconds)
         candidates = [now + self.options.poll_interval_seconds, self._last_progress + every]
-        if self._polls:
-            candidates.append(self._polls[0][0])
+        if self._next_poll_at is not None:
+            candidates.append(self._next_poll_at)
         if self._queue and self._submit_pause_until > now:
             candidates.append(self._submit_pause_until)
         if self._oldest_unsettled is not None:
@@ -649,21 +719,58 @@ class BatchEngine:
         work.next_poll = self.schedule.next_poll(work.submitted_at, now)
         heapq.heappush(self._polls, (work.next_poll, next(self._seq), work))
 
+    def _poll_rate(self, now: float) -> float:
+        """Polls per second the run may spend: a few per finished batch, at least one per poll
+        interval, and at least every open batch once per ten poll intervals. Which batches get
+        them is the schedule's business (most overdue first)."""
+        interval = self.options.poll_interval_seconds
+        floor = max(1.0, len(self._open) / 10.0) / interval
+        recent = self._completions
+        if len(recent) < 2:
+            return floor
+        finishing = len(recent) / max(now - recent[0], interval)
+        return max(floor, POLLS_PER_FINISHED_BATCH * finishing)
+
     def _start_polls(self, now: float) -> None:
-        while self._polls and self._polls[0][0] <= now:
-            if self._polls_running >= MAX_CONCURRENT_POLLS:
-                return
-            when, _, work = heapq.heappop(self._polls)
+        rate = self._poll_rate(now)
+        burst = max(2.0, rate * self.options.poll_interval_seconds)
+        self._poll_tokens = min(burst, self._poll_tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        self._next_poll_at = None
+        while self._polls:
+            when, _, work = self._polls[0]
             if work.busy or work.next_poll != when or work.shard.shard_id not in self._open:
-                continue  # superseded
+                heapq.heappop(self._polls)  # superseded
+                continue
+            if when > now:
+                self._next_poll_at = when
+                return
+            if self._polls_running >= MAX_CONCURRENT_POLLS:
+                return  # a poll that ends wakes the loop
+            if self._poll_tokens < 1.0:
+                self._next_poll_at = now + (1.0 - self._poll_tokens) / rate
+                return
+            heapq.heappop(self._polls)
+            self._poll_tokens -= 1.0
             work.busy = True
             self._polls_running += 1
             self._spawn(self._poll(work))
+
+    def _poll_older(self, finished: _Work, now: float) -> None:
+        """Batches are mostly finished in the order they were received: when one is done, the
+        open batches sent before it are looked at next."""
+        for work in self._open.values():
+            if work.submitted_at >= finished.submitted_at:
+                break
+            if work.next_poll > now and not work.busy:
+                work.next_poll = now
+                heapq.heappush(self._polls, (now, next(self._seq), work))
 
     async def _poll(self, work: _Work) -> None:
         assert self._client is not None and work.batch_id is not None
         try:
             try:
+                self.report.polls += 1
                 batch = await self._client.get(work.batch_id)
                 if batch.is_terminal:
                     await self._record(work, batch)
@@ -706,22 +813,20 @@ class BatchEngine:
             rows = [_error_row(c, "batch_failed", message, shard.attempt) for c in shard.custom_ids]
         else:
             try:
-                output = await self._client.output(batch.id)
+                payload = await self._client.output_bytes(batch.id)
             except NotFoundError:
                 self._answered()
                 self._forgotten(work)
                 return
-            rows = decode_output(shard, self._model_of(work.job), output)
-            work.job.prompt_tokens += sum(
-                line.response.body.usage.prompt_tokens
-                for line in output
-                if line.response is not None and line.response.body.usage is not None
-            )
+            rows, tokens = decode_output_bytes(shard, self._model_of(work.job), payload)
+            work.job.prompt_tokens += tokens
         self._answered()
         now = time.monotonic()
         self._open.pop(shard.shard_id, None)
         self.window.finished()
         self.schedule.finished(now - work.submitted_at)
+        self._completions.append(now)
+        self._poll_older(work, now)
         self._shard_recorded(work, rows)
 
     # ------------------------------------------------------------------ health and progress

@@ -84,17 +84,16 @@ def build_group_lines(
         if READ_ERROR_COLUMN in group.column_names
         else [None] * len(ids)
     )
-    templates = [
-        (e, e.spec_hash(), e.request_body("-").model_dump(mode="json", exclude_none=True))
-        for e in enrichments
-    ]
+    templates = [(e, e.spec_hash(), *_line_template(e)) for e in enrichments]
     custom_ids: list[str] = []
     rows: list[int] = []
     names: list[str] = []
     requests: dict[str, bytes] = {}
     known: dict[str, dict[str, Any]] = {}
     for row, (doc_id, text, read_error) in enumerate(zip(ids, texts, read_errors, strict=True)):
-        for enrichment, spec, template in templates:
+        # The text is escaped and encoded once per document, not once per enrichment.
+        encoded = json.dumps(text, ensure_ascii=False).encode("utf-8") if text else b""
+        for enrichment, spec, head, middle, tail in templates:
             custom_id = custom_id_for(doc_id, enrichment, text or "", spec)
             custom_ids.append(custom_id)
             rows.append(row)
@@ -109,16 +108,7 @@ def build_group_lines(
                     "attempts": 0,
                 }
                 continue
-            requests[custom_id] = json.dumps(
-                {
-                    "custom_id": custom_id,
-                    "method": "POST",
-                    "url": CHAT_COMPLETIONS_URL,
-                    "body": {**template, "text": text},
-                },
-                ensure_ascii=False,
-                separators=(",", ":"),
-            ).encode("utf-8")
+            requests[custom_id] = b"".join((head, custom_id.encode(), middle, encoded, tail))
     lines = pa.table(
         {
             "custom_id": pa.array(custom_ids, pa.string()),
@@ -127,6 +117,21 @@ def build_group_lines(
         }
     )
     return GroupLines(index, digest(*custom_ids), lines, requests, known)
+
+
+_ID_MARK = "\u0000custom_id\u0000"
+_TEXT_MARK = "\u0000text\u0000"
+
+
+def _line_template(enrichment: Enrichment) -> tuple[bytes, bytes, bytes]:
+    """A request line of `enrichment` cut around its custom id and text, serialised from the
+    wire model once: a line is then head + custom_id + middle + JSON text + tail."""
+    body = enrichment.request_body(_TEXT_MARK).model_dump(mode="json", exclude_none=True)
+    line = {"custom_id": _ID_MARK, "method": "POST", "url": CHAT_COMPLETIONS_URL, "body": body}
+    dumped = json.dumps(line, ensure_ascii=False, separators=(",", ":"))
+    head, rest = dumped.split(json.dumps(_ID_MARK)[1:-1])
+    middle, tail = rest.split(json.dumps(_TEXT_MARK))
+    return head.encode(), middle.encode(), tail.encode()
 
 
 def split_into_shards(

@@ -101,4 +101,3 @@ class LoopbackProxy:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
-

@@ -79,9 +79,7 @@ def test_a_cap_on_open_batches_shrinks_the_window_and_nothing_is_paid_twice(
     tmp_path, emulator_factory: Callable[..., RunningEmulator]
 ) -> None:
     emulator = emulator_factory(latency=0.3, max_open_batches=3, open_cap_retry_after=1)
-    engine, futures = _engine(
-        tmp_path, emulator.base_url, documents=60, groups=2, max_in_flight=40
-    )
+    engine, futures = _engine(tmp_path, emulator.base_url, documents=60, groups=2, max_in_flight=40)
     report = asyncio.run(engine.run())
     stats = emulator.stats()
     assert report.rate_limited == stats["rejected_open_cap"] > 0
