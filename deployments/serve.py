@@ -21,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from deployments.definitions import DeploymentSpec
 from deployments.local import (
     Child,
     Emulator,
@@ -31,6 +32,7 @@ from deployments.local import (
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BLOCK_NAME = "local-emulator"
+FLOW_NAME = "enrich-documents"
 # A short poll interval keeps the polling window (10 polls, at least 5 s) below the emulator's
 # latency, so the UI shows `run-batches` waiting in AwaitingRetry before it completes.
 POLL_INTERVAL_SECONDS = 0.5
@@ -143,6 +145,7 @@ def _serve(
     _replace_worker_deployments(
         [f"{d.flow_name}/{d.name}" for d in deployments], args.replace or not args.api_url
     )
+    drop_undeclared_schedules(specs)
     corpora = sorted({str(d.parameters.get("source", "")) for d in deployments})
     for source in corpora:
         _ensure_corpus(source, args.corpus_size)
@@ -185,6 +188,30 @@ def _replace_worker_deployments(names: list[str], replace: bool) -> None:
                 )
             client.delete_deployment(existing.id)
             print(f"replaced {name} (was deployed to work pool {existing.work_pool_name!r})")
+
+
+def drop_undeclared_schedules(specs: Sequence[DeploymentSpec]) -> list[str]:
+    """Delete the schedules of existing deployments whose slug `prefect.yaml` no longer
+    declares (a renamed slug); Prefect keeps them beside the new ones, so the flow would run
+    once per slug. Returns what was deleted, as "deployment: slug"."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    dropped: list[str] = []
+    with get_client(sync_client=True) as client:
+        for spec in specs:
+            name = f"{FLOW_NAME}/{spec.name}"
+            try:
+                existing = client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                continue
+            declared = {item.get("slug") for item in spec.schedules}
+            for schedule in existing.schedules or []:
+                if schedule.slug and schedule.slug not in declared:
+                    client.delete_deployment_schedule(existing.id, schedule.id)
+                    dropped.append(f"{name}: {schedule.slug}")
+                    print(f"removed schedule {schedule.slug!r} of {name}: not in prefect.yaml")
+    return dropped
 
 
 def _ensure_corpus(source: str, size: int) -> None:

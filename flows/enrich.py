@@ -26,7 +26,6 @@ from prefect.artifacts import (
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
-from pydantic import Field
 
 from batchapi.models import BatchLimits
 from flows.backend import EMBEDDED, Backend, resolve_backend
@@ -44,7 +43,16 @@ from tasks.ledger import Ledger
 from tasks.lock import DestinationLock
 from tasks.merge import OutputWriter, merge_group, output_schema
 from tasks.read import iter_groups, validate_source
-from tasks.spec import Enrichment, parse_enrichments, spec_hash
+from tasks.spec import (
+    Enrichment,
+    EnrichmentsParameter,
+    OptionalCount,
+    OptionalSeconds,
+    OptionalText,
+    described,
+    parse_enrichments,
+    spec_hash,
+)
 from tasks.state import RunState
 from tasks.storage import StorageSettings
 
@@ -90,36 +98,30 @@ def _provenance(
 def enrich_documents(
     source: Annotated[
         str,
-        Field(
-            description="Parquet file, folder or glob (local or s3://), or an "
+        described(
+            "Parquet file, folder or glob (local or s3://), or an "
             "s3://bucket/prefix/ of .txt/.md/.json objects."
         ),
     ],
     destination: Annotated[
-        str, Field(description="Folder (local or s3://) that receives the enriched dataset.")
+        str, described("Folder (local or s3://) that receives the enriched dataset.")
     ],
-    enrichments: Annotated[
-        list[Enrichment],
-        Field(
-            description="What to add: each item has a name (the output column) and a model "
-            "(extract, summarize or classify) with that model's fields."
-        ),
-    ],
-    id_column: str = "id",
-    text_column: str = "text",
+    enrichments: EnrichmentsParameter,
+    id_column: Annotated[str, described("Source column holding each document's unique id.")] = "id",
+    text_column: Annotated[str, described("Source column holding each document's text.")] = "text",
     batch_api: Annotated[
         str,
-        Field(
-            description="'embedded' (local heuristic emulator), a BatchApi block name, or an "
+        described(
+            "'embedded' (local heuristic emulator), a BatchApi block name, or an "
             "http(s):// base URL with the key in BATCH_API_KEY."
         ),
     ] = "embedded",
     shard_size: Annotated[
-        int | None, Field(ge=1, description="Lines per batch; default: the block's limit.")
+        OptionalCount, described("Lines per batch; 0 or empty: the block's limit (50).")
     ] = None,
     max_in_flight: Annotated[
         int,
-        Field(
+        described(
             ge=1,
             description="Batches open at the provider at once, for the whole run; the window "
             "shrinks on 429 and grows back.",
@@ -127,7 +129,7 @@ def enrich_documents(
     ] = DEFAULT_MAX_IN_FLIGHT,
     parallel_submissions: Annotated[
         int,
-        Field(
+        described(
             ge=1,
             le=64,
             description="Batch submissions on the wire at once; a crash can leave at most "
@@ -135,30 +137,31 @@ def enrich_documents(
         ),
     ] = DEFAULT_PARALLEL_SUBMISSIONS,
     poll_interval_seconds: Annotated[
-        float | None, Field(gt=0, description="Wait between polls; default: the block's.")
+        OptionalSeconds, described("Wait between polls; 0 or empty: the block's (5 s).")
     ] = None,
     timeout_seconds: Annotated[
-        float, Field(gt=0, description="Give up waiting after this long; rerun to resume.")
+        float, described(gt=0, description="Give up waiting after this long; rerun to resume.")
     ] = DEFAULT_TIMEOUT_SECONDS,
     mode: Annotated[
         Literal["full", "incremental"],
-        Field(description="incremental: reuse results of unchanged documents."),
+        described("incremental: reuse results of unchanged documents."),
     ] = "full",
     max_line_attempts: Annotated[
-        int, Field(ge=1, le=10, description="Sends per line before its error is kept.")
+        int, described(ge=1, le=10, description="Sends per line before its error is kept.")
     ] = 3,
     group_size: Annotated[
-        int, Field(ge=1, description="Documents read, sent and merged together.")
+        int, described(ge=1, description="Documents read, sent and merged together.")
     ] = 2000,
     parallel_groups: Annotated[
-        int, Field(ge=1, le=64, description="Groups prepared and merged side by side.")
+        int, described(ge=1, le=64, description="Groups prepared and merged side by side.")
     ] = 2,
     task_runner: Annotated[
         Literal["thread", "dask"],
-        Field(description="thread: in this process; dask: a local Dask cluster's processes."),
+        described("thread: in this process; dask: a local Dask cluster's processes."),
     ] = "thread",
     storage_block: Annotated[
-        str | None, Field(description="S3Storage block for s3:// paths; default: AWS env.")
+        OptionalText,
+        described("S3Storage block for s3:// paths; empty: the AWS environment variables."),
     ] = None,
 ) -> EnrichReport:
     logger = get_run_logger()

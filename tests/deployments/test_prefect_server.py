@@ -11,11 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import jsonschema
 import pyarrow as pa
 import pyarrow.dataset as ds
 
 from deployments.local import Child, spawn
 from flows.sample_corpus import write_corpus
+from tasks.spec import parse_enrichments
 
 REPO = Path(__file__).resolve().parents[2]
 POOL = "batch-enrich-pool"
@@ -51,6 +53,8 @@ def test_prefect_yaml_deploys_nightly_and_on_demand(prefect_api: str) -> None:
     assert [s.schedule.model_dump(include={"cron", "timezone"}) for s in nightly.schedules] == [
         {"cron": "0 2 * * *", "timezone": "Europe/Berlin"}
     ]
+    # The UI shows a schedule by its slug, so the slug names the time zone.
+    assert "Europe/Berlin" in (nightly.schedules[0].slug or "")
     assert on_demand.schedules == []
     assert nightly.parameters["mode"] == "incremental"
     for deployment in (nightly, on_demand):
@@ -59,14 +63,13 @@ def test_prefect_yaml_deploys_nightly_and_on_demand(prefect_api: str) -> None:
         assert deployment.pull_steps == [
             {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
         ]
-        assert [e["model"] for e in deployment.parameters["enrichments"]] == [
-            "extract",
-            "summarize",
-            "classify",
-        ]
+        enrichments = parse_enrichments(deployment.parameters["enrichments"])
+        assert [e.model for e in enrichments] == ["extract", "summarize", "classify"]
         # The UI builds its run form from this schema.
         properties = deployment.parameter_openapi_schema["properties"]
         assert {"source", "destination", "enrichments", "batch_api", "mode"} <= set(properties)
+        assert all(p.get("description") for p in properties.values())
+        jsonschema.validate(deployment.parameters, deployment.parameter_openapi_schema)
 
 
 def _wait_for_line(child: Child, pattern: str, timeout: float) -> re.Match[str]:
@@ -146,3 +149,26 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except OSError:
         return True
+
+
+def test_serving_drops_a_schedule_whose_slug_prefect_yaml_renamed(prefect_api: str) -> None:
+    """A renamed slug would otherwise leave the old schedule running beside the new one."""
+    from dataclasses import replace
+
+    from prefect import get_client
+
+    from deployments.definitions import load_specs, runner_deployment
+    from deployments.serve import drop_undeclared_schedules
+
+    (nightly,) = [s for s in load_specs() if s.name == "nightly"]
+    spec = replace(nightly, name="renamed-slug-check")
+    before = replace(spec, schedules=[{**spec.schedules[0], "slug": "nightly-0200"}])
+    runner_deployment(before, {}).apply()
+    runner_deployment(spec, {}).apply()
+    assert drop_undeclared_schedules([spec]) == [
+        "enrich-documents/renamed-slug-check: nightly-0200"
+    ]
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("enrich-documents/renamed-slug-check")
+    assert [s.slug for s in deployment.schedules] == [spec.schedules[0]["slug"]]
+    assert deployment.schedules[0].schedule.timezone == "Europe/Berlin"
