@@ -71,7 +71,7 @@ STORED_FIELDS: dict[type, Any] = {
 RETRYABLE_LINE_CODES = frozenset({"server_error", "rate_limited", "batch_failed", "missing_output"})
 
 # With no answer at all from the API this long, the run stops: nothing has been paid yet.
-UNREACHABLE_AFTER_SECONDS = 40.0
+UNREACHABLE_AFTER_SECONDS = 30.0
 # Polls and output downloads on the wire at once.
 MAX_CONCURRENT_POLLS = 32
 # The polling budget per batch that finishes (see BatchEngine._poll_rate).
@@ -371,7 +371,8 @@ class BatchEngine:
         self._submit_pause_until = 0.0
         self._submit_failures = 0
         self._ever_answered = False
-        self._unreachable_since: float | None = None
+        self._first_request_at: float | None = None
+        self._last_trouble: BatchApiError | None = None
         self._batches_done = 0
         self._lines_done = 0
         self._samples: deque[tuple[float, int]] = deque(maxlen=120)
@@ -452,6 +453,7 @@ class BatchEngine:
             if self._stopped or (self._input_closed and not self._jobs):
                 return
             now = time.monotonic()
+            self._check_reachable(now)
             self._start_submissions(now)
             self._start_polls(now)
             self._maybe_settle(now)
@@ -475,6 +477,8 @@ class BatchEngine:
         candidates = [now + self.options.poll_interval_seconds, self._last_progress + every]
         if self._next_poll_at is not None:
             candidates.append(self._next_poll_at)
+        if not self._ever_answered and self._first_request_at is not None:
+            candidates.append(self._first_request_at + self.options.unreachable_after_seconds)
         if self._queue and self._submit_pause_until > now:
             candidates.append(self._submit_pause_until)
         if self._oldest_unsettled is not None:
@@ -612,6 +616,8 @@ class BatchEngine:
             if len(self._open) + len(self._on_wire) >= self.window.limit:
                 return
             work = heapq.heappop(self._queue)[-1]
+            if self._first_request_at is None:
+                self._first_request_at = now
             self._on_wire.add(work)
             self._unsettled += 1
             self._spawn(self._submit(work))
@@ -833,25 +839,28 @@ class BatchEngine:
 
     def _answered(self) -> None:
         self._ever_answered = True
-        self._unreachable_since = None
 
     def _connection_trouble(self, exc: BatchApiError, now: float) -> None:
-        """No connection, or only server errors: fail early if the API never answered."""
+        """No connection, or only server errors, from an API that never answered yet."""
         if exc.status_code == 429:
             self._answered()  # busy is an answer: waiting is right
             return
-        if self._ever_answered:
+        if not self._ever_answered:
+            self._last_trouble = exc
+
+    def _check_reachable(self, now: float) -> None:
+        """Fail early, before anything is paid, if the API has never answered in this run."""
+        if self._ever_answered or self._first_request_at is None or self._last_trouble is None:
             return
-        if self._unreachable_since is None:
-            self._unreachable_since = now
-        elif now - self._unreachable_since >= self.options.unreachable_after_seconds:
+        if now - self._first_request_at >= self.options.unreachable_after_seconds:
+            trouble = self._last_trouble
             raise ApiUnreachableError(
                 f"no request to {self.api.base_url} has succeeded in "
-                f"{now - self._unreachable_since:.0f} s of trying ({exc.message}); nothing "
+                f"{now - self._first_request_at:.0f} s of trying ({trouble.message}); nothing "
                 "was submitted",
                 hint="Check that batch_api names the right URL and port, that the server is up "
                 "and reachable from this machine (proxy, firewall, VPN), then rerun",
-                operation=exc.operation,
+                operation=trouble.operation,
             )
 
     def progress(self) -> Progress:

@@ -37,6 +37,7 @@ class LoopbackProxy:
         self.delay: Delay = delay if callable(delay) else (lambda method, path, d=delay: d)
         self.failed_writes = 0
         self.requests: Counter[str] = Counter()  # by method
+        self.paths: Counter[str] = Counter()  # by "METHOD /path" (no query)
         self._count_lock = threading.Lock()
         proxy = self
 
@@ -51,6 +52,7 @@ class LoopbackProxy:
                 body = self.rfile.read(length) if length else None
                 with proxy._count_lock:
                     proxy.requests[self.command] += 1
+                    proxy.paths[f"{self.command} {self.path.split('?')[0]}"] += 1
                 wait = proxy.delay(self.command, self.path)
                 if wait > 0:
                     time.sleep(wait)
