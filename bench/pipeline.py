@@ -1,22 +1,24 @@
 """End-to-end benchmark: the `enrich-documents` flow against a plain in-process baseline.
 
-For each size it generates N documents (~2 KB of text each) as Parquet, then, each in a fresh
-subprocess:
+Scenarios (`--scenario`, see bench/README.md):
 
-- flow: `enrich_documents` on the embedded emulator (no latency, all three models), with a
-  private PREFECT_HOME; the temporary Prefect server is started by a warm-up flow first, so
-  "flow s" is the enrichment itself and "start s" the one-off server start.
-- baseline: no Prefect run and no HTTP: reads the same Parquet in groups with pyarrow, builds
-  the same request lines (`tasks.shard.build_group_lines`), runs the emulator's engine on each
-  body in-process, and writes the same enriched Parquet (`tasks.merge`).
+- scale (default): for each size it generates N documents (~2 KB of text each) as Parquet,
+  then, each in a fresh subprocess: the flow on the embedded emulator (no latency, all three
+  models), with a private PREFECT_HOME, the temporary Prefect server started by a warm-up flow
+  first, so "flow s" is the enrichment itself and "start s" the one-off server start; and a
+  baseline with no Prefect run and no HTTP that reads the same Parquet in groups, builds the
+  same request lines (`tasks.shard.build_group_lines`), runs the emulator's engine on each
+  body in-process, and writes the same enriched Parquet (`tasks.merge`). Both outputs are
+  compared. Peak RSS is each subprocess's own (`getrusage(RUSAGE_SELF)`); its children's (the
+  temporary Prefect server and the embedded emulator's processes) is reported apart.
+- cpu: the 10,000-document scale row alone (flow CPU ms per batch).
+- latency, s3: `bench/scenarios.py` (Little's-law efficiency against an emulator with
+  latency; a local vs an `s3://` destination on moto).
 
-Both outputs are compared column by column. Peak RSS is each subprocess's own maximum
-resident set (`getrusage(RUSAGE_SELF)`); its children's (the temporary Prefect server and the
-embedded emulator's processes) is reported apart, summed and per kind.
-
-    python bench/pipeline.py                  # 10k and 100k documents
-    python bench/pipeline.py --sizes 10000    # one size
-    python bench/pipeline.py --million        # adds 1,000,000
+    python bench/pipeline.py                              # 10k and 100k documents
+    python bench/pipeline.py --sizes 10000                # one size
+    python bench/pipeline.py --million                    # adds 1,000,000
+    python bench/pipeline.py --scenario latency s3 cpu    # the other scenarios
 """
 
 from __future__ import annotations
@@ -38,17 +40,19 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# Task names, longest first where one is a prefix of another. plan-shards and run-batches run
-# inside enrich-group; groups run side by side, so summed task seconds can exceed flow s.
+# Task names (a run's name starts with its task's). prepare-group runs once per group (side by
+# side, `parallel_groups`), run-batches once per run for as long as batches are open, and
+# merge-group once per group while run-batches goes on: summed task seconds can exceed flow s.
 FLOW_STAGES = (
     "validate-source",
-    "enrich-group",
-    "plan-shards",
+    "prepare-group",
     "run-batches",
     "merge-group",
 )
 BASELINE_STAGES = ("read", "build-lines", "engine", "merge", "write")
 DEFAULT_SIZES = (10_000, 100_000)
+SCENARIOS = ("scale", "cpu", "latency", "s3", "all")
+CPU_SIZE = 10_000
 
 
 # --------------------------------------------------------------------------- children
@@ -157,25 +161,31 @@ def child_flow(args: argparse.Namespace) -> dict[str, Any]:
     def warmup() -> int:
         return 1
 
+    from scenarios import ClientTrace
+
+    trace = ClientTrace().install()
     with _ChildrenPeak() as server:
         started = time.monotonic()
         warmup()
         startup = time.monotonic() - started
         started, cpu = time.monotonic(), _cpu_seconds()
-        extra = {} if args.parallel_groups is None else {"parallel_groups": args.parallel_groups}
+        extra: dict[str, Any] = {}
+        for name in ("parallel_groups", "max_in_flight", "parallel_submissions"):
+            if getattr(args, name) is not None:
+                extra[name] = getattr(args, name)
         state = enrich_documents(
             source=args.source,
             destination=args.destination,
             enrichments=DEMO_ENRICHMENTS,
             batch_api="embedded",
             shard_size=args.shard_size,
-            max_in_flight=args.max_in_flight,
             poll_interval_seconds=args.poll,
             group_size=args.group_size,
             return_state=True,
             **extra,
         )
-        seconds, cpu = time.monotonic() - started, _cpu_seconds() - cpu
+        ended = time.monotonic()
+        seconds, cpu = ended - started, _cpu_seconds() - cpu
     report = state.result()
     stages = asyncio.run(_stage_seconds(state.state_details.flow_run_id))
     return {
@@ -191,6 +201,7 @@ def child_flow(args: argparse.Namespace) -> dict[str, Any]:
         "prefect_peak_rss_mb": server.peak_by_kind_mb["prefect"],
         "emulator_peak_rss_mb": server.peak_by_kind_mb["emulator"],
         "output": report.output_path,
+        "trace": trace.summary(started, ended),
     }
 
 
@@ -300,13 +311,12 @@ def run_child(kind: str, args: argparse.Namespace, source: str, work: Path) -> d
         str(args.group_size),
         "--shard-size",
         str(args.shard_size),
-        "--max-in-flight",
-        str(args.max_in_flight),
         "--poll",
         str(args.poll),
     ]
-    if args.parallel_groups is not None:
-        command += ["--parallel-groups", str(args.parallel_groups)]
+    for option in ("parallel_groups", "max_in_flight", "parallel_submissions"):
+        if getattr(args, option) is not None:
+            command += ["--" + option.replace("_", "-"), str(getattr(args, option))]
     started = time.monotonic()
     completed = subprocess.run(command, env=_child_env(work / "prefect-home"), check=False)
     if completed.returncode != 0:
@@ -367,6 +377,8 @@ def summary_row(size: int, flow: dict[str, Any], base: dict[str, Any], same: boo
         f"{flow['batches'] / flow['seconds']:.1f}",
         f"{flow['cpu_seconds']:.0f}",
         f"{base['cpu_seconds']:.0f}",
+        f"{1000 * flow['cpu_seconds'] / max(1, flow['batches']):.1f}",
+        f"{flow['trace']['polls'] / max(1, flow['batches']):.1f}",
         f"{flow['peak_rss_mb']:.0f}",
         f"{base['peak_rss_mb']:.0f}",
         f"{flow['server_peak_rss_mb']:.0f}",
@@ -387,6 +399,8 @@ SUMMARY_HEADERS = [
     "batches/s",
     "flow CPU s",
     "base CPU s",
+    "flow CPU ms/batch",
+    "polls/batch",
     "flow RSS MB",
     "base RSS MB",
     "children RSS MB",
@@ -441,8 +455,65 @@ def bench_size(size: int, args: argparse.Namespace) -> list[str]:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def run_scale(sizes: list[int], args: argparse.Namespace) -> list[list[str]]:
+    window = "the flow's default" if args.max_in_flight is None else args.max_in_flight
+    print(
+        f"enrich-documents vs in-process baseline: 3 enrichments, {args.chars}-char documents, "
+        f"groups of {args.group_size}, {args.shard_size}-line batches, "
+        f"max_in_flight {window}, poll {args.poll} s"
+    )
+    print(
+        "flow task s: summed over the task's runs; prepare-group and merge-group run while\n"
+        "run-batches (one per run) goes on, so the sums can exceed flow s."
+    )
+    rows = [bench_size(size, args) for size in sizes]
+    if len(rows) > 1:
+        print("\nAll sizes:")
+        print(_table(SUMMARY_HEADERS, rows))
+    return rows
+
+
+def _code_version() -> str:
+    """The commit measured, and the files of the flow that differ from it."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "tasks", "flows", "batchapi"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    dirty = sorted(line[3:] for line in changed if line.strip())
+    return head + (f" + uncommitted {', '.join(dirty)}" if dirty else "")
+
+
+def _conditions() -> str:
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC, {os.cpu_count()} cores, "
+        f"load average {load}, Python {sys.version.split()[0]}, code {_code_version()}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--scenario",
+        nargs="+",
+        choices=SCENARIOS,
+        default=["scale"],
+        help="scale: --sizes (default 10k and 100k) against the baseline; cpu: the 10k row "
+        "alone (flow CPU ms per batch); latency: Little's-law efficiency against an emulator "
+        "with latency; s3: local vs s3:// destination on moto, plain and through a delaying "
+        "proxy; all: latency, s3, then scale (default: scale)",
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES))
     parser.add_argument("--million", action="store_true", help="also run 1,000,000 documents")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folders")
@@ -451,10 +522,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--group-size", type=int, default=2000)
     parser.add_argument("--shard-size", type=int, default=50)
-    parser.add_argument("--max-in-flight", type=int, default=16)
+    parser.add_argument(
+        "--max-in-flight", type=int, default=None, help="default: the flow's own default"
+    )
+    parser.add_argument(
+        "--parallel-submissions", type=int, default=None, help="default: the flow's own default"
+    )
     parser.add_argument("--poll", type=float, default=0.05)
     parser.add_argument(
         "--parallel-groups", type=int, default=None, help="default: the flow's own default"
+    )
+    latency = parser.add_argument_group("latency scenarios")
+    latency.add_argument(
+        "--latency-cases",
+        nargs="+",
+        choices=["a", "b", "c", "d"],
+        default=["a", "b", "c", "d"],
+        help="a: 3 s, window 64; b: 30 s, window 500; c: 4 s, emulator cap 100, window 1000; "
+        "d: 3 s with jitter 0.5 and stragglers, window 64",
+    )
+    latency.add_argument(
+        "--latency-batches-factor",
+        type=float,
+        default=1.0,
+        help="scale every case's batch count (0.25 for a quick look)",
+    )
+    latency.add_argument(
+        "--latency-shard-size", type=int, default=12, help="lines per batch (default 12)"
+    )
+    latency.add_argument(
+        "--emulator-workers", type=int, default=1, help="--workers of the emulator CLI"
+    )
+    s3 = parser.add_argument_group("s3 scenario")
+    s3.add_argument("--s3-docs", type=int, default=4000)
+    s3.add_argument("--s3-delay-ms", type=float, default=30.0)
+    s3.add_argument(
+        "--s3-rounds",
+        type=int,
+        default=2,
+        help="times every destination is measured, in turn (the best is compared)",
     )
     parser.add_argument("--child", choices=["flow", "baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--source", help=argparse.SUPPRESS)
@@ -467,20 +573,23 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.result).write_text(json.dumps(measured))
         return 0
 
-    sizes = list(args.sizes) + ([1_000_000] if args.million else [])
-    print(
-        f"enrich-documents vs in-process baseline: 3 enrichments, {args.chars}-char documents, "
-        f"groups of {args.group_size}, {args.shard_size}-line batches, "
-        f"max_in_flight {args.max_in_flight}, poll {args.poll} s"
-    )
-    print(
-        "flow task s: summed over the task's runs; plan-shards and run-batches run inside\n"
-        "enrich-group, and groups run side by side, so the sums can exceed flow s."
-    )
-    rows = [bench_size(size, args) for size in sizes]
-    if len(rows) > 1:
-        print("\nAll sizes:")
-        print(_table(SUMMARY_HEADERS, rows))
+    import scenarios
+
+    chosen = set(args.scenario)
+    if "all" in chosen:
+        chosen = {"latency", "s3", "scale"}
+    print(f"conditions: {_conditions()}")
+    if "latency" in chosen:
+        scenarios.run_latency(args)
+        print(f"conditions after: {_conditions()}")
+    if "s3" in chosen:
+        scenarios.run_s3(args)
+        print(f"conditions after: {_conditions()}")
+    if "scale" in chosen or "cpu" in chosen:
+        sizes = list(args.sizes) if "scale" in chosen else [CPU_SIZE]
+        sizes += [1_000_000] if args.million else []
+        run_scale(sizes, args)
+        print(f"conditions after: {_conditions()}")
     return 0
 
 
