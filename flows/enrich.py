@@ -60,7 +60,7 @@ DEFAULT_TIMEOUT_SECONDS = 6 * 3600
 # See README, "Throughput": a remote API takes minutes per batch, so the window must be wide to
 # finish a night; it shrinks by itself on 429, so a provider with a lower cap costs little.
 DEFAULT_MAX_IN_FLIGHT = 100
-DEFAULT_PARALLEL_SUBMISSIONS = 4
+DEFAULT_PARALLEL_SUBMISSIONS = 8
 # Groups read ahead of the merge: enough queued shards to refill the window at once, bounded so
 # memory does not grow with the window.
 MAX_LOOKAHEAD_GROUPS = 16

@@ -302,6 +302,7 @@ class _Work:
     job: _Job
     batch_id: str | None = None
     submitted_at: float = 0.0  # monotonic
+    seen_open_at: float = 0.0  # monotonic: the last answer that said it was not done yet
     next_poll: float = 0.0
     in_doubt: bool = False
     busy: bool = False  # a poll or download of it is on the wire
@@ -545,7 +546,7 @@ class BatchEngine:
             earlier = self.ledger.found.pop(shard.shard_id, None)
             if earlier is not None and earlier.batch_id is not None:
                 work.batch_id = earlier.batch_id
-                work.submitted_at = now
+                work.submitted_at = work.seen_open_at = now
                 self._open[shard.shard_id] = work
                 self._schedule_poll(work, now)
                 job.reattached += 1
@@ -657,7 +658,7 @@ class BatchEngine:
         self._submit_failures = 0
         self._on_wire.discard(work)
         work.batch_id = batch.id
-        work.submitted_at = now
+        work.submitted_at = work.seen_open_at = now
         self._open[shard.shard_id] = work
         self._schedule_poll(work, now)
         work.job.submitted += 1
@@ -779,6 +780,7 @@ class BatchEngine:
                 self.report.polls += 1
                 batch = await self._client.get(work.batch_id)
                 if batch.is_terminal:
+                    self._finished(work, time.monotonic())
                     await self._record(work, batch)
                     return
             except NotFoundError:
@@ -792,7 +794,8 @@ class BatchEngine:
                 heapq.heappush(self._polls, (work.next_poll, next(self._seq), work))
                 return
             self._answered()
-            self._schedule_poll(work, time.monotonic())
+            work.seen_open_at = time.monotonic()
+            self._schedule_poll(work, work.seen_open_at)
         finally:
             work.busy = False
             self._polls_running -= 1
@@ -811,6 +814,23 @@ class BatchEngine:
         work.batch_id = None
         self._push(work)
 
+    def _finished(self, work: _Work, now: float) -> None:
+        """The provider says the batch is done: its slot is free before its output is read."""
+        self._open.pop(work.shard.shard_id, None)
+        self.window.finished()
+        self.schedule.finished(
+            max(0.0, work.seen_open_at - work.submitted_at), now - work.submitted_at
+        )
+        self._completions.append(now)
+        self._poll_older(work, now)
+
+    def _reopen(self, work: _Work) -> None:
+        """The output could not be read this time: look at the batch again later."""
+        self._open[work.shard.shard_id] = work
+        now = time.monotonic()
+        work.next_poll = now + self.options.poll_interval_seconds
+        heapq.heappush(self._polls, (work.next_poll, next(self._seq), work))
+
     async def _record(self, work: _Work, batch: Batch) -> None:
         assert self._client is not None
         shard = work.shard
@@ -822,17 +842,15 @@ class BatchEngine:
                 payload = await self._client.output_bytes(batch.id)
             except NotFoundError:
                 self._answered()
+                self._open[shard.shard_id] = work
                 self._forgotten(work)
                 return
+            except TransientApiError:
+                self._reopen(work)
+                raise
             rows, tokens = decode_output_bytes(shard, self._model_of(work.job), payload)
             work.job.prompt_tokens += tokens
         self._answered()
-        now = time.monotonic()
-        self._open.pop(shard.shard_id, None)
-        self.window.finished()
-        self.schedule.finished(now - work.submitted_at)
-        self._completions.append(now)
-        self._poll_older(work, now)
         self._shard_recorded(work, rows)
 
     # ------------------------------------------------------------------ health and progress

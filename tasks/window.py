@@ -51,36 +51,57 @@ class AdaptiveWindow:
 
 
 class PollSchedule:
-    def __init__(self, poll_interval: float, history: int = 256, quantile: float = 0.1) -> None:
+    """When to look at an open batch again.
+
+    For each finished batch the engine reports the age at which it was last seen open and the
+    age at which it was seen finished; the midpoint estimates when it finished. A new batch is
+    first polled just before batches like it usually finish (a low quantile of those estimates),
+    then in short steps while batches like it are finishing (a quarter of the poll interval
+    when they all take about as long, up to the poll interval when their durations spread), and
+    past the usual range with a slow backoff for stragglers, at most ten poll intervals apart.
+    """
+
+    def __init__(self, poll_interval: float, history: int = 256) -> None:
         self.poll_interval = poll_interval
         self._durations: deque[float] = deque(maxlen=history)
-        self._quantile = quantile
-        self._expected: float | None = None
         self._since_estimate = 0
+        self._low: float | None = None
+        self._high = 0.0
+        self._step = poll_interval
 
-    def finished(self, duration: float) -> None:
-        """A batch was seen finished `duration` seconds after it was submitted."""
-        self._durations.append(duration)
+    def finished(self, last_seen_open: float, seen_finished: float) -> None:
+        """A batch was last seen open `last_seen_open` seconds after it was submitted, and
+        finished `seen_finished` seconds after."""
+        self._durations.append((last_seen_open + seen_finished) / 2)
         self._since_estimate += 1
-        if self._expected is None or self._since_estimate >= 16:
-            self._since_estimate = 0
-            if len(self._durations) >= 4:
-                cut = statistics.quantiles(self._durations, n=20, method="inclusive")
-                # A batch is rarely done before most batches are: look first at 90% of a low
-                # quantile of what was seen.
-                self._expected = 0.9 * cut[max(0, round(self._quantile * 20) - 1)]
-            else:
-                self._expected = 0.9 * min(self._durations)
+        if len(self._durations) > 16 and self._since_estimate < 16:
+            return
+        self._since_estimate = 0
+        if len(self._durations) >= 4:
+            cut = statistics.quantiles(self._durations, n=20, method="inclusive")
+            low, high = cut[1], cut[17]  # the 10th and 90th percentiles
+        else:
+            low = high = min(self._durations)
+        self._low = 0.95 * low
+        self._high = high
+        interval = self.poll_interval
+        self._step = min(interval, max(interval / 4, (high - low) / 8))
 
     @property
     def expected(self) -> float | None:
-        return self._expected
+        """When a batch is first looked at, in seconds after its submission."""
+        return self._low
 
     def next_poll(self, submitted_at: float, now: float) -> float:
         """When to poll a batch submitted at `submitted_at` (monotonic seconds) next."""
         age = now - submitted_at
-        expected = self._expected or 0.0
-        if age < expected:
-            return submitted_at + max(expected, self.poll_interval)
-        overdue = age - expected
-        return now + min(max(self.poll_interval, overdue / 8), 10 * self.poll_interval)
+        interval = self.poll_interval
+        if self._low is None:
+            return now + min(max(interval, age / 8), 10 * interval)
+        first = submitted_at + max(self._low, min(interval, self._step))
+        if first > now:
+            return first
+        if age < self._high + interval:
+            return now + self._step
+        overdue = age - self._high
+        return now + min(max(interval, overdue / 8), 10 * interval)

@@ -34,17 +34,30 @@ def test_the_window_never_grows_past_max_in_flight() -> None:
         AdaptiveWindow(0)
 
 
-def test_polls_wait_for_the_usual_duration_then_follow_the_poll_interval() -> None:
+def test_polls_wait_for_the_usual_duration_then_step_finely_while_batches_finish() -> None:
     schedule = PollSchedule(poll_interval=1.0)
-    # Nothing seen yet: every poll interval, backing off slowly once a batch is overdue.
+    # Nothing seen yet: every poll interval, backing off slowly once a batch is old.
     assert schedule.next_poll(submitted_at=0.0, now=0.0) == 1.0
     assert schedule.next_poll(submitted_at=0.0, now=40.0) == pytest.approx(45.0)
     assert schedule.next_poll(submitted_at=0.0, now=400.0) == pytest.approx(410.0)  # capped
-    for duration in [30.0, 31.0, 29.5, 30.5, 32.0, 30.2]:
-        schedule.finished(duration)
-    assert schedule.expected is not None and 25.0 < schedule.expected < 30.0
-    # A new batch is first looked at when batches like it usually finish ...
+    # Batches that all take about 30 s, each last seen open one interval before it was seen
+    # finished: their midpoints say 29.5 s.
+    for seen_open, seen_done in [(29.0, 30.0), (29.2, 30.2), (28.9, 29.9), (29.1, 30.1)]:
+        schedule.finished(seen_open, seen_done)
+    assert schedule.expected == pytest.approx(0.95 * 29.4, abs=0.3)
+    # A new batch is first looked at just before batches like it usually finish ...
     first = schedule.next_poll(submitted_at=100.0, now=100.0)
     assert first == pytest.approx(100.0 + schedule.expected)
-    # ... then every poll interval.
-    assert schedule.next_poll(submitted_at=100.0, now=first) == pytest.approx(first + 1.0)
+    # ... then in quarter-interval steps while they finish, so it is seen done soon after.
+    assert schedule.next_poll(submitted_at=100.0, now=first) == pytest.approx(first + 0.25)
+    # A straggler long past the usual range backs off.
+    assert schedule.next_poll(submitted_at=100.0, now=190.0) > 190.0 + 1.0
+
+
+def test_spread_durations_are_polled_every_interval() -> None:
+    schedule = PollSchedule(poll_interval=0.3)
+    for duration in [1.5, 2.0, 3.0, 3.5, 4.0, 6.0, 9.0, 2.5]:
+        schedule.finished(duration - 0.3, duration)
+    first = schedule.next_poll(submitted_at=0.0, now=0.0)
+    assert 1.0 < first < 2.0
+    assert schedule.next_poll(submitted_at=0.0, now=first) == pytest.approx(first + 0.3)
