@@ -33,8 +33,7 @@ from deployments.local import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BLOCK_NAME = "local-emulator"
 FLOW_NAME = "enrich-documents"
-# A short poll interval keeps the polling window (10 polls, at least 5 s) below the emulator's
-# latency, so the UI shows `run-batches` waiting in AwaitingRetry before it completes.
+# Polls step finely while the emulator's batches finish; a tenth or so of its latency.
 POLL_INTERVAL_SECONDS = 0.5
 
 

@@ -81,6 +81,7 @@ SETTLE_AFTER_SECONDS = 0.5
 # How often the progress artifact moves, and how often a status line is logged.
 PROGRESS_EVERY_SECONDS = 5.0
 STATUS_EVERY_SECONDS = 60.0
+FIRST_STATUS_SECONDS = 15.0
 
 
 class BatchWaitTimeout(Exception):
@@ -177,7 +178,9 @@ class Progress:
         return min(1.0, self.lines_done / self.lines_total) if self.lines_total else 1.0
 
     def describe(self) -> str:
-        if self.eta_seconds is None:
+        if self.lines_total and self.lines_done >= self.lines_total:
+            eta = "now"
+        elif self.eta_seconds is None:
             eta = "unknown yet"
         else:
             at = time.strftime("%H:%M:%S", time.localtime(time.time() + self.eta_seconds))
@@ -416,6 +419,8 @@ class BatchEngine:
         self._loop = asyncio.get_running_loop()
         self._event = asyncio.Event()
         self._fatal = None
+        # The first status line comes after FIRST_STATUS_SECONDS, then about once a minute.
+        self._last_status = time.monotonic() - STATUS_EVERY_SECONDS + FIRST_STATUS_SECONDS
         self._requeue_cut_off()
         try:
             async with self.api.client() as client:
