@@ -135,13 +135,18 @@ class RunState:
 
     def begin(self, flow_run_id: str | None = None) -> RunState:
         """Resume the unfinished generation, or start a new one after a success."""
+        self.peek()
+        self._write_generation("running", flow_run_id)
+        return self
+
+    def peek(self) -> RunState:
+        """What `begin` would resume or start, without writing anything (a dry run)."""
         current = read_json(self.fs, join(self.state_root, "generation.json")) or {}
         self.last_succeeded = current.get("last_succeeded")
         if current.get("status") in ("running", "failed"):
             self.generation, self.resumed = int(current["generation"]), True
         else:
             self.generation = int(current.get("generation", 0)) + 1
-        self._write_generation("running", flow_run_id)
         return self
 
     def finish(self, succeeded: bool, flow_run_id: str | None = None) -> None:
