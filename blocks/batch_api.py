@@ -40,6 +40,24 @@ class BatchApi(Block):
     poll_interval_seconds: float = Field(
         default=5.0, gt=0, description="Default wait between status polls."
     )
+    price_per_million_prompt_tokens: float | None = Field(
+        default=None,
+        ge=0,
+        description="What the provider bills per million prompt tokens; dry runs and the "
+        "cost budget use it. Empty: no cost estimate.",
+    )
+    max_lines_per_run: int | None = Field(
+        default=None,
+        ge=1,
+        description="Budget: a run that would send more request lines stops before its first "
+        "batch. A flow's max_lines_per_run overrides it. Empty: no limit.",
+    )
+    max_cost_per_run: float | None = Field(
+        default=None,
+        ge=0,
+        description="Budget: a run whose estimated cost is higher stops before its first "
+        "batch (needs the price). A flow's max_cost_per_run overrides it. Empty: no limit.",
+    )
 
     @field_validator("base_url")
     @classmethod

@@ -20,6 +20,7 @@ from blocks.batch_api import BatchApi
 from tasks.batch import ApiSettings
 
 EMBEDDED = "embedded"
+EMBEDDED_LABEL = "embedded-emulator (heuristic engine)"
 API_KEY_ENV = "BATCH_API_KEY"
 
 
@@ -43,6 +44,16 @@ def _settings(block: BatchApi, key: SecretStr | None) -> ApiSettings:
         max_lines=block.max_lines_per_batch,
         max_bytes=block.max_bytes_per_batch,
     )
+
+
+def api_block(batch_api: str) -> BatchApi:
+    """The settings `batch_api` names, without starting or calling anything: limits, prices
+    and budgets for a dry run and the budget guard."""
+    if batch_api == EMBEDDED:
+        return BatchApi(base_url="http://127.0.0.1")
+    if batch_api.startswith(("http://", "https://")):
+        return BatchApi(base_url=batch_api.rstrip("/"))
+    return load_block(batch_api)
 
 
 def load_block(name: str) -> BatchApi:
@@ -78,7 +89,7 @@ def resolve_backend(batch_api: str, embedded_db: str | None = None) -> Iterator[
                 api_key=key,
                 poll_interval_seconds=0.5,
             )
-            yield Backend(_settings(block, key), "embedded-emulator (heuristic engine)", 0.5, block)
+            yield Backend(_settings(block, key), EMBEDDED_LABEL, 0.5, block)
         return
     if batch_api.startswith(("http://", "https://")):
         raw = os.environ.get(API_KEY_ENV)

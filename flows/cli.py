@@ -27,6 +27,8 @@ from pydantic.fields import FieldInfo
 
 from batchapi.errors import TerminalApiError
 from flows.backend import BackendError
+from flows.estimate import BudgetExceededError
+from flows.report import ErrorBudgetExceededError
 from tasks.lock import DestinationBusyError
 from tasks.read import SourceError, validate_source
 from tasks.spec import EnrichmentSpecError, parse_enrichments
@@ -64,6 +66,8 @@ class JobError(ValueError):
 # one message and exit status 2. Anything else is a bug and keeps its traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     JobError,
+    BudgetExceededError,
+    ErrorBudgetExceededError,
     EnrichmentSpecError,
     SourceError,
     BackendError,
@@ -172,6 +176,8 @@ def _metavar(parameter: Parameter) -> str | None:
         return "N"
     if kinds == {float}:
         return "SECONDS" if parameter.name.endswith("_seconds") else "X"
+    if parameter.name.startswith("max_") and parameter.name.endswith("_per_run"):
+        return "N" if "lines" in parameter.name else "X"
     return parameter.name.rsplit("_", 1)[-1].upper()
 
 

@@ -28,9 +28,11 @@ from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from batchapi.models import BatchLimits
-from flows.backend import EMBEDDED, Backend, resolve_backend
+from blocks.batch_api import BatchApi
+from flows.backend import EMBEDDED, EMBEDDED_LABEL, Backend, api_block, resolve_backend
+from flows.estimate import check_budget, estimate_run
 from flows.group import PreparedGroup, prepare_group
-from flows.report import EnrichmentCounts, EnrichReport
+from flows.report import EnrichmentCounts, EnrichReport, check_error_budget
 from tasks.batch import (
     BatchEngine,
     EngineOptions,
@@ -42,7 +44,7 @@ from tasks.batch import (
 from tasks.ledger import Ledger
 from tasks.lock import DestinationLock
 from tasks.merge import OutputWriter, merge_group, output_schema
-from tasks.read import iter_groups, validate_source
+from tasks.read import Source, iter_groups, validate_source
 from tasks.spec import (
     Enrichment,
     EnrichmentsParameter,
@@ -61,6 +63,9 @@ DEFAULT_TIMEOUT_SECONDS = 6 * 3600
 # finish a night; it shrinks by itself on 429, so a provider with a lower cap costs little.
 DEFAULT_MAX_IN_FLIGHT = 100
 DEFAULT_PARALLEL_SUBMISSIONS = 8
+# See README, "Error budget": one row in twenty with an error in any enrichment fails the run
+# and keeps last night's dataset; empty texts do not count.
+DEFAULT_MAX_ERROR_FRACTION = 0.05
 # Groups read ahead of the merge: enough queued shards to refill the window at once, bounded so
 # memory does not grow with the window.
 MAX_LOOKAHEAD_GROUPS = 16
@@ -146,6 +151,36 @@ def enrich_documents(
         Literal["full", "incremental"],
         described("incremental: reuse results of unchanged documents."),
     ] = "full",
+    dry_run: Annotated[
+        bool,
+        described(
+            "Send nothing: report per enrichment the lines and batches a run would send, "
+            "the lines carried over, and the estimated prompt tokens and cost."
+        ),
+    ] = False,
+    max_lines_per_run: Annotated[
+        OptionalCount,
+        described(
+            "Budget: stop before the first batch if the run would send more request lines. "
+            "0 or empty: the BatchApi block's setting (none by default)."
+        ),
+    ] = None,
+    max_cost_per_run: Annotated[
+        OptionalSeconds,
+        described(
+            "Budget: stop before the first batch if the estimated cost is higher (needs the "
+            "block's price). 0 or empty: the block's setting (none by default)."
+        ),
+    ] = None,
+    max_error_fraction: Annotated[
+        float,
+        described(
+            ge=0,
+            le=1,
+            description="Fail without replacing the previous output when more than this "
+            "share of rows end with an error in any enrichment (empty texts aside).",
+        ),
+    ] = DEFAULT_MAX_ERROR_FRACTION,
     max_line_attempts: Annotated[
         int, described(ge=1, le=10, description="Sends per line before its error is kept.")
     ] = 3,
@@ -170,10 +205,37 @@ def enrich_documents(
     settings = _storage_settings(storage_block)
     reserved = [column for e in enrichments for column in e.columns]
     resolved = validate_source(source, id_column, text_column, reserved, settings)
+    api = api_block(batch_api)
+    limits = BatchLimits(
+        max_lines=min(shard_size or api.max_lines_per_batch, api.max_lines_per_batch),
+        max_bytes=api.max_bytes_per_batch,
+    )
+    if dry_run:
+        return _dry_run(
+            resolved, destination, group_size, enrichments, settings, limits, mode, batch_api, api
+        )
     run_id = str(flow_run.get_id() or "")
     # Before the state is touched: a second run on this destination would pay twice.
     with DestinationLock(destination, settings, run_id, logger=logger) as lock:
-        state = RunState(destination, settings).begin(run_id)
+        state = RunState(destination, settings).peek()
+        budget_lines = max_lines_per_run or api.max_lines_per_run
+        budget_cost = max_cost_per_run or api.max_cost_per_run
+        if budget_lines is not None or budget_cost is not None:
+            planned = estimate_run(
+                resolved, destination, group_size, enrichments, state, limits, mode,
+                api.price_per_million_prompt_tokens,
+            )  # fmt: skip
+            check_budget(planned, budget_lines, budget_cost, source)
+            logger.info(
+                "within budget: %d request lines in %d batches (max_lines_per_run %s, "
+                "estimated cost %s, max_cost_per_run %s)",
+                planned.lines_to_send,
+                planned.batches_to_send,
+                budget_lines,
+                "unknown" if planned.cost() is None else f"{planned.cost():.2f}",
+                budget_cost,
+            )
+        state.begin(run_id)
         logger.info(
             "generation %d (%s) for %d rows from %s",
             state.generation,
@@ -192,10 +254,6 @@ def enrich_documents(
                 resumed=state.resumed,
                 rows_in=resolved.num_rows,
                 enrichments={e.name: EnrichmentCounts() for e in enrichments},
-            )
-            limits = BatchLimits(
-                max_lines=min(shard_size or backend.api.max_lines, backend.api.max_lines),
-                max_bytes=backend.api.max_bytes,
             )
             engine = BatchEngine(
                 Ledger(state),
@@ -272,7 +330,7 @@ def enrich_documents(
                                     "incremental": mode == "incremental",
                                 },
                             ).result()
-                            if prepared.recorded is not None:
+                            if prepared.recorded is not None and not prepared.pending:
                                 engine.group_recorded(index)
                                 window.append((group, prepared, None))
                             else:
@@ -289,6 +347,7 @@ def enrich_documents(
                     engine_report = driver.result()
                 if writer is None:
                     raise RuntimeError("the source yielded no rows")
+                check_error_budget(report, max_error_fraction)
                 report.output_path = writer.commit()
                 update_progress_artifact(progress, 100.0)
             except BaseException:
@@ -365,6 +424,42 @@ def make_task_runner(kind: str, parallel_groups: int) -> TaskRunner:
     return ThreadPoolTaskRunner(max_workers=parallel_groups)
 
 
+def _dry_run(
+    resolved: Source,
+    destination: str,
+    group_size: int,
+    enrichments: list[Enrichment],
+    settings: StorageSettings | None,
+    limits: BatchLimits,
+    mode: str,
+    batch_api: str,
+    api: BatchApi,
+) -> EnrichReport:
+    """Everything a run checks and plans, nothing sent, no lock taken, no state written."""
+    state = RunState(destination, settings).peek()
+    estimate = estimate_run(
+        resolved, destination, group_size, enrichments, state, limits, mode,
+        api.price_per_million_prompt_tokens,
+    )  # fmt: skip
+    markdown = estimate.to_markdown()
+    create_markdown_artifact(
+        key="enrich-estimate", markdown=markdown, description="What the run would send"
+    )
+    print(markdown, flush=True)
+    return EnrichReport(
+        source=resolved.url,
+        destination=destination,
+        backend=EMBEDDED_LABEL if batch_api == EMBEDDED else api.base_url,
+        mode=mode,
+        generation=state.generation,
+        resumed=state.resumed,
+        rows_in=resolved.num_rows,
+        dry_run=True,
+        estimate=estimate,
+        enrichments={e.name: EnrichmentCounts() for e in enrichments},
+    )
+
+
 def _tally(
     report: EnrichReport, outcome: GroupOutcome, enriched: pa.Table, enrichments: list[Enrichment]
 ) -> None:
@@ -376,6 +471,12 @@ def _tally(
     for name, count in outcome.lines.carried_over.items():
         report.enrichments[name].carried_over += count
     _count(enriched, enrichments, report)
+    failed = outcome.results.filter(pc.is_valid(outcome.results["error"]))
+    for custom_id, code in zip(
+        failed["custom_id"].to_pylist(), failed["error_code"].to_pylist(), strict=True
+    ):
+        codes = report.enrichments[outcome.lines.enrichment_of(custom_id)].error_codes
+        codes[code or "unknown"] = codes.get(code or "unknown", 0) + 1
 
 
 def _storage_settings(block_name: str | None) -> StorageSettings | None:

@@ -19,6 +19,10 @@ from tasks.shard import GroupLines, build_group_lines, set_aside_oversized
 from tasks.spec import Enrichment
 from tasks.state import RunState
 
+# Recorded errors a resumed run sends again: what a new attempt may fix, and content the API
+# returned unreadable (a rerun after a failed error budget is usually a rerun after a fix).
+RESEND_ON_RESUME = RETRYABLE_LINE_CODES | {"decode_error"}
+
 
 @dataclass
 class PreparedGroup:
@@ -54,9 +58,26 @@ def prepare_group(
     if state.resumed:
         recorded = state.read_group(lines.key)
         if recorded is not None:
-            lines.requests = {}
-            return PreparedGroup(lines, [], recorded)
+            return _resumed(lines, recorded)
     if incremental:
         carry_over(lines, state)
     pending = [c for c in lines.requests if c not in lines.known]
     return PreparedGroup(lines, set_aside_oversized(lines, pending, limits))
+
+
+def _resumed(lines: GroupLines, recorded: pa.Table) -> PreparedGroup:
+    """A group the unfinished run recorded: its results stand, except the errors worth
+    another attempt, which are sent again."""
+    resend = [
+        row["custom_id"]
+        for row in recorded.select(["custom_id", "error_code"]).to_pylist()
+        if row["error_code"] in RESEND_ON_RESUME and row["custom_id"] in lines.requests
+    ]
+    if not resend:
+        lines.requests = {}
+        return PreparedGroup(lines, [], recorded)
+    again = set(resend)
+    lines.known = {
+        row["custom_id"]: row for row in recorded.to_pylist() if row["custom_id"] not in again
+    }
+    return PreparedGroup(lines, resend, recorded)

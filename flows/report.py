@@ -4,11 +4,49 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from flows.estimate import RunEstimate
+
+# Errors that are the document's, not the API's (empty or unreadable text, a line over the
+# byte limit): nothing was sent for them, and the error budget leaves them out.
+DOCUMENT_ERROR_CODES = frozenset({"skipped", "too_large"})
+
+
+class ErrorBudgetExceededError(RuntimeError):
+    """Too many rows ended with an error: the previous output was left in place."""
+
+
+def check_error_budget(report: EnrichReport, max_error_fraction: float) -> None:
+    """Fail before the commit if more than `max_error_fraction` of the rows ended with an
+    error in any enrichment (document errors aside)."""
+    if not report.rows_in:
+        return
+    over = []
+    for name, counts in report.enrichments.items():
+        codes = {c: n for c, n in counts.error_codes.items() if c not in DOCUMENT_ERROR_CODES}
+        failed = sum(codes.values())
+        if failed / report.rows_in > max_error_fraction:
+            top = ", ".join(
+                f"{code} {n}" for code, n in sorted(codes.items(), key=lambda i: -i[1])[:3]
+            )
+            over.append(
+                f"{name!r}: {failed} of {report.rows_in} rows "
+                f"({100 * failed / report.rows_in:.1f}%; most common: {top})"
+            )
+    if over:
+        raise ErrorBudgetExceededError(
+            f"too many rows ended with an error, over max_error_fraction {max_error_fraction}: "
+            + "; ".join(over)
+            + ". The previous output was left in place and this run's results are kept: "
+            "after fixing the cause, rerun the same job and it sends only the failed lines "
+            "again; to accept these errors, rerun with a higher max_error_fraction."
+        )
+
 
 class EnrichmentCounts(BaseModel):
     ok: int = 0
     errors: int = 0
     carried_over: int = 0
+    error_codes: dict[str, int] = Field(default_factory=dict)  # code -> rows
 
 
 class EnrichReport(BaseModel):
@@ -28,6 +66,8 @@ class EnrichReport(BaseModel):
     prompt_tokens: int = 0
     rate_limited: int = 0  # submissions the API refused with 429 (and were sent later)
     shards_in_doubt: list[str] = Field(default_factory=list)  # on the wire when a run stopped
+    dry_run: bool = False
+    estimate: RunEstimate | None = None  # what the run sends (a dry run) or sent first
     seconds: float = 0.0
     enrichments: dict[str, EnrichmentCounts] = Field(default_factory=dict)
 

@@ -110,6 +110,7 @@ def test_per_line_failures_land_in_error_columns(run_flow, corpus, api, tmp_path
         destination=destination,
         batch_api=emulator.base_url,
         max_line_attempts=1,
+        max_error_fraction=1.0,  # errors are what this test looks at
     )
     table = read_output(destination)
     assert table.num_rows == 30

@@ -65,7 +65,11 @@ def test_revision_a_line_failures_reach_the_report(run_flow, corpus, api, tmp_pa
     emulator = api(revision="A", fail_rate=0.25, seed=9)
     destination = str(tmp_path / "out")
     report = run_flow(
-        source=corpus(40), destination=destination, batch_api=emulator.base_url, max_line_attempts=1
+        source=corpus(40),
+        destination=destination,
+        batch_api=emulator.base_url,
+        max_line_attempts=1,
+        max_error_fraction=1.0,
     )
     table = enriched(destination)
     stats = emulator.stats()
