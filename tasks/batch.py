@@ -428,6 +428,7 @@ class BatchEngine:
                 remaining = self.options.deadline - time.time()
                 async with asyncio.timeout(max(0.0, remaining)):
                     await self._drive()
+                    await self._cancel_all()  # stopped early: what was on the wire is in doubt
         except TimeoutError:
             await self._cancel_all()
             self.ledger.sync_blocking()
