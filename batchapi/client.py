@@ -91,6 +91,8 @@ _MASK = "********"
 # it; the docs' 502/503 rows ("backend request failed", "router not configured") fit that.
 # A lost answer (timeout, dropped connection) is different: see SubmitOutcomeUnknownError.
 _TRANSIENT_STATUS = frozenset({408, 429})
+# Connections to the API held open by one client.
+MAX_CONNECTIONS = 16
 
 
 # --------------------------------------------------------------------------- validation
@@ -399,7 +401,13 @@ class _ClientCore:
         # http2 stays off: hpack logs header values at debug level.
         return {
             "base_url": self.base_url,
+            # The pool checks every idle connection on each request: a small pool keeps a
+            # request's overhead flat however many polls run at once (they queue for a
+            # connection instead). The pool timeout is the request timeout.
             "timeout": httpx.Timeout(self.timeout),
+            "limits": httpx.Limits(
+                max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
+            ),
             "http2": False,
             "follow_redirects": False,
         }

@@ -361,6 +361,45 @@ RESULT_MODELS: dict[str, type[BaseModel]] = {
 }
 
 
+# What a results store keeps of each domain result: the fields an enriched dataset is built
+# from. Validating only these skips the rest (entity contexts, reasoning, rubrics) in the
+# parser, and what is kept is dumped as it is.
+class StoredEntity(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    text: str = Field(validation_alias=AliasChoices("text", "value"))
+    type: str
+    confidence: float = Field(ge=0.0, le=1.0, validation_alias=AliasChoices("confidence", "score"))
+    start: int | None = Field(default=None, ge=0)
+    end: int | None = Field(default=None, ge=0)
+
+
+class StoredExtract(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    entities: list[StoredEntity]
+
+
+class StoredSummary(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    summary: str
+
+
+class StoredClassification(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    top_label: str
+    scores: dict[str, float]
+
+
+STORED_RESULT_MODELS: dict[str, type[BaseModel]] = {
+    "extract": StoredExtract,
+    "summarize": StoredSummary,
+    "classify": StoredClassification,
+}
+
+
 # --------------------------------------------------------------------------- output lines
 
 
@@ -472,12 +511,15 @@ class OutputLine(BaseModel):
         return decode_content(self.custom_id, name, self.response.body.choices[0].message.content)
 
 
-def decode_content(custom_id: str, model: str, content: str | bytes) -> DomainResult:
-    """`choices[0].message.content` as the domain result of `model`, in one validating parse.
+def decode_content(
+    custom_id: str, model: str, content: str | bytes, stored: bool = False
+) -> BaseModel:
+    """`choices[0].message.content` as the domain result of `model` (or, with `stored`, the
+    part of it a results store keeps), in one validating parse.
 
     Raises DecodeError when the content is not JSON or does not fit the model.
     """
-    result_model = RESULT_MODELS.get(model)
+    result_model = (STORED_RESULT_MODELS if stored else RESULT_MODELS).get(model)
     if result_model is None:
         raise DecodeError(f"line {custom_id!r}: unknown model {model!r}")
     try:

@@ -49,23 +49,13 @@ from batchapi.models import (
     Batch,
     BatchLimits,
     BatchStatus,
-    ClassifyResult,
     DecodeError,
-    ExtractResult,
     OutputLine,
-    SummarizeResult,
     decode_content,
 )
 from tasks.ledger import Ledger
 from tasks.shard import GroupLines, Shard, shard_payload, split_into_shards
 from tasks.state import results_table
-
-# What the results store keeps of each domain result: the fields the output is built from.
-STORED_FIELDS: dict[type, Any] = {
-    ExtractResult: {"entities": {"__all__": {"text", "type", "confidence", "start", "end"}}},
-    SummarizeResult: {"summary"},
-    ClassifyResult: {"top_label", "scores"},
-}
 
 # Per-line error codes (the API's own plus ours) that a new attempt may fix.
 RETRYABLE_LINE_CODES = frozenset({"server_error", "rate_limited", "batch_failed", "missing_output"})
@@ -73,7 +63,7 @@ RETRYABLE_LINE_CODES = frozenset({"server_error", "rate_limited", "batch_failed"
 # With no answer at all from the API this long, the run stops: nothing has been paid yet.
 UNREACHABLE_AFTER_SECONDS = 30.0
 # Polls and output downloads on the wire at once.
-MAX_CONCURRENT_POLLS = 32
+MAX_CONCURRENT_POLLS = 8
 # The polling budget per batch that finishes (see BatchEngine._poll_rate).
 POLLS_PER_FINISHED_BATCH = 3.0
 # A batch id is written with the next shard's intent, or after this long at the latest.
@@ -206,7 +196,7 @@ def _error_row(custom_id: str, code: str, message: str, attempt: int) -> dict[st
 def _ok_row(custom_id: str, result: Any, attempt: int) -> dict[str, Any]:
     return {
         "custom_id": custom_id,
-        "result": result.model_dump_json(include=STORED_FIELDS[type(result)]),
+        "result": result.model_dump_json(),
         "error": None,
         "error_code": None,
         "attempts": attempt,
@@ -247,7 +237,7 @@ def decode_output_bytes(
         if kind == "ok":
             model = model_of(custom_id)
             try:
-                result = decode_content(custom_id, model or "", first)
+                result = decode_content(custom_id, model or "", first, stored=True)
             except DecodeError as exc:
                 rows.append(_error_row(custom_id, "decode_error", str(exc), shard.attempt))
                 continue
@@ -288,8 +278,15 @@ def decode_output(
         elif line.error is not None:
             rows.append(_error_row(custom_id, line.error.code, line.error.message, shard.attempt))
         else:
+            assert line.response is not None
+            body = line.response.body
             try:
-                result = line.decode(model_of(custom_id))
+                result = decode_content(
+                    custom_id,
+                    model_of(custom_id) or body.model,
+                    body.choices[0].message.content,
+                    stored=True,
+                )
             except DecodeError as exc:
                 rows.append(_error_row(custom_id, "decode_error", str(exc), shard.attempt))
                 continue
