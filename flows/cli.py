@@ -30,8 +30,10 @@ from flows.backend import BackendError
 from flows.estimate import BudgetExceededError
 from flows.report import ErrorBudgetExceededError
 from tasks.lock import DestinationBusyError
+from tasks.paths import check_paths
 from tasks.read import SourceError, validate_source
 from tasks.spec import EnrichmentSpecError, parse_enrichments
+from tasks.state import DestinationPathError
 
 PROG = "python -m flows.enrich"
 EXIT_USER_ERROR = 2
@@ -70,6 +72,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ErrorBudgetExceededError,
     EnrichmentSpecError,
     SourceError,
+    DestinationPathError,
     BackendError,
     DestinationBusyError,
     TerminalApiError,
@@ -335,6 +338,7 @@ def check_source(job: dict[str, Any]) -> None:
     """The flow's own source checks, run before Prefect starts so a mistake costs seconds."""
     if job.get("storage_block"):
         return  # its credentials are a Prefect block: the flow checks the source itself
+    check_paths(job["source"], job["destination"], job.get("output_format", "parquet"))
     reserved = [column for enrichment in job["enrichments"] for column in enrichment.columns]
     validate_source.fn(
         job["source"], job.get("id_column", "id"), job.get("text_column", "text"), reserved

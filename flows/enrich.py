@@ -43,8 +43,10 @@ from tasks.batch import (
 )
 from tasks.ledger import Ledger
 from tasks.lock import DestinationLock
-from tasks.merge import OutputWriter, merge_group, output_schema
+from tasks.merge import merge_group, output_schema
+from tasks.paths import check_paths
 from tasks.read import Source, iter_groups, validate_source
+from tasks.sinks import OutputFormat, Sink, make_sink
 from tasks.spec import (
     Enrichment,
     EnrichmentsParameter,
@@ -198,11 +200,20 @@ def enrich_documents(
         OptionalText,
         described("S3Storage block for s3:// paths; empty: the AWS environment variables."),
     ] = None,
+    output_format: Annotated[
+        OutputFormat,
+        described(
+            "parquet: destination/enriched.parquet, replaced by each run; delta: a Delta Lake "
+            "table at destination, one version per run."
+        ),
+    ] = "parquet",
 ) -> EnrichReport:
     logger = get_run_logger()
     started = time.monotonic()
     enrichments = parse_enrichments(enrichments)
     settings = _storage_settings(storage_block)
+    # Before anything is read or paid: overlapping paths would mix output and input rows.
+    check_paths(source, destination, output_format, settings)
     reserved = [column for e in enrichments for column in e.columns]
     resolved = validate_source(source, id_column, text_column, reserved, settings)
     api = api_block(batch_api)
@@ -282,7 +293,7 @@ def enrich_documents(
             def publish(snapshot: Progress) -> None:
                 update_progress_artifact(progress, round(100.0 * snapshot.fraction, 1))
 
-            writer: OutputWriter | None = None
+            writer: Sink | None = None
             try:
                 with (
                     ThreadPoolTaskRunner(max_workers=1) as driver_runner,
@@ -306,9 +317,9 @@ def enrich_documents(
                             engine.group_recorded(prepared.lines.index)
                         if writer is None:
                             metadata = _provenance(backend, enrichments, state, mode)
-                            writer = OutputWriter(
-                                state, output_schema(group.schema, enrichments, metadata)
-                            )
+                            sink = make_sink(output_format, destination, state, settings)
+                            sink.open(output_schema(group.schema, enrichments, metadata), metadata)
+                            writer = sink
                         enriched = merge_group(
                             group, outcome.lines, outcome.results, enrichments, writer.schema
                         )

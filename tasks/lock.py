@@ -1,4 +1,7 @@
-"""One run at a time per destination: a lock record in `_state/lock.json` kept alive by a heartbeat.
+"""One run at a time per destination: a lock record kept alive by a heartbeat.
+
+The record is `lock.json` in the destination's state folder (`tasks.state.state_folder`,
+`PARENT/_batch-enrich/NAME/` for destination `PARENT/NAME`), beside the rest of its state.
 
 Two runs writing one destination would submit the same shards twice (both find them unsent)
 and race on the output. The lock is taken before the run touches its state and released when
@@ -37,7 +40,7 @@ from typing import Any
 
 import fsspec
 
-from tasks.state import STATE_FOLDER
+from tasks.state import state_root
 from tasks.storage import StorageSettings, filesystem, is_local, join, remove, write_json_atomic
 
 LOCK_FILE = "lock.json"
@@ -142,7 +145,7 @@ def _process_is_gone(pid: int) -> bool:
 
 
 class DestinationLock:
-    """Hold `destination/_state/lock.json` for the length of a `with` block."""
+    """Hold the destination's `lock.json` (in its state folder) for a `with` block."""
 
     def __init__(
         self,
@@ -158,7 +161,7 @@ class DestinationLock:
     ) -> None:
         self.destination = destination
         self.fs, root = filesystem(destination, settings)
-        self.path = join(root, STATE_FOLDER, LOCK_FILE)
+        self.path = join(state_root(root), LOCK_FILE)
         self.flow_run_id = flow_run_id
         # Module defaults are read here, not bound at import, so they can be tuned (tests do).
         self.heartbeat_seconds = heartbeat_seconds or HEARTBEAT_SECONDS

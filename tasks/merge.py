@@ -1,9 +1,7 @@
-"""Join decoded results to their documents and write the enriched dataset.
+"""Join decoded results to their documents: the enriched rows and their schema.
 
-Results are joined on `custom_id` (never on line order). Each group of documents becomes one
-or more row groups of a single Parquet file written aside under `_state/`; `commit` then puts
-it in place in one step (a rename locally, one server-side copy on S3), so a reader of
-`destination` sees the previous dataset or the new one, never a half-written one.
+Results are joined on `custom_id` (never on line order). The rows go to the run's output sink
+(`tasks.sinks`: Parquet or Delta), which makes them visible in one step when the run succeeds.
 """
 
 from __future__ import annotations
@@ -12,18 +10,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
-import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.read import READ_ERROR_COLUMN
 from tasks.shard import GroupLines
+from tasks.sinks.parquet import OUTPUT_FILE, ROW_GROUP_ROWS
 from tasks.spec import ClassifyEnrichment, Enrichment, ExtractEnrichment, SummarizeEnrichment
-from tasks.state import RESULT_SCHEMA, RunState
-from tasks.storage import join, move, remove
+from tasks.state import RESULT_SCHEMA
 
-OUTPUT_FILE = "enriched.parquet"
-ROW_GROUP_ROWS = 10_000
+__all__ = ["OUTPUT_FILE", "ROW_GROUP_ROWS", "merge_group", "output_schema", "results_for"]
 
 ENTITY_TYPE = pa.struct(
     [
@@ -157,37 +153,6 @@ def merge_group(
         for name, values in zip(names, [*_values(enrichment, result), error], strict=True):
             columns[name] = values
     return pa.table(columns).select(schema.names).cast(schema)
-
-
-class OutputWriter:
-    """Writes the enriched dataset aside, row group by row group; `commit` puts it in place."""
-
-    def __init__(self, state: RunState, schema: pa.Schema) -> None:
-        self.state = state
-        self.schema = schema
-        self.staging = state.staging_path(OUTPUT_FILE)
-        self.target = join(state.root, OUTPUT_FILE)
-        state.fs.makedirs(state.staging_path(""), exist_ok=True)
-        self._handle = state.fs.open(self.staging, "wb")
-        self._writer = pq.ParquetWriter(self._handle, schema, compression="zstd")
-        self.rows = 0
-
-    def write(self, table: pa.Table) -> None:
-        self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
-        self.rows += table.num_rows
-
-    def commit(self) -> str:
-        self._writer.close()
-        self._handle.close()
-        move(self.state.fs, self.staging, self.target)
-        return self.target
-
-    def abort(self) -> None:
-        try:
-            self._writer.close()
-            self._handle.close()
-        finally:
-            remove(self.state.fs, self.staging)
 
 
 def results_for(lines: GroupLines, recorded: list[pa.Table]) -> pa.Table:

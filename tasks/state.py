@@ -1,12 +1,15 @@
-"""The run's working state under `destination/_state/`: what makes resume possible.
+"""The run's working state, kept beside the destination: what makes resume possible.
 
-Layout (pyarrow's dataset discovery ignores `_state`, so readers never see it):
+The state of destination `PARENT/NAME` lives in `PARENT/_batch-enrich/NAME/`, outside the
+dataset folder, so no reader opened on the destination (pyarrow, Polars, DuckDB, Spark, Delta)
+can mistake it for data; `state_folder(destination)` gives it. Its layout:
 
-    _state/generation.json            current generation, its status, the last one that succeeded
-    _state/lock.json                  the run holding the destination (tasks.lock), while it runs
-    _state/gen-000007/ledger.json     shard -> batch id for groups not yet recorded (tasks.ledger)
-    _state/gen-000007/groups/KEY.parquet  every result of a finished group of documents
-    _state/gen-000007/staging/        the output dataset being written, before it is committed
+    generation.json            current generation, its status, the last one that succeeded
+    lock.json                  the run holding the destination (tasks.lock), while it runs
+    gen-000007/ledger.json     shard -> batch id for groups not yet recorded (tasks.ledger)
+    gen-000007/groups/KEY.parquet  every result of a finished group of documents
+    gen-000007/staging/        the Parquet output being written, before it is committed
+    embedded-emulator.sqlite   the embedded emulator's batches (local destinations), until success
 
 No copy of the documents' text is kept: request lines are rebuilt from the source, and their
 custom ids are content-addressed, so the same source and spec give the same shards.
@@ -41,8 +44,42 @@ from tasks.storage import (
     write_json_atomic,
 )
 
-# Beside the dataset under the destination; pyarrow's discovery skips names starting with "_".
-STATE_FOLDER = "_state"
+# The folder, beside the destination, that holds the working state of every destination in the
+# same parent folder (one subfolder each). Outside the dataset, so readers never see it; its
+# leading "_" also makes pyarrow and Spark skip it when the parent folder is read.
+STATE_FOLDER = "_batch-enrich"
+# Where versions before this layout kept it: inside the destination.
+LEGACY_STATE_FOLDER = "_state"
+
+
+class DestinationPathError(ValueError):
+    """The destination cannot be used as given; the message names it and the fix."""
+
+
+def state_root(root: str) -> str:
+    """The state folder of a destination path (without protocol): `PARENT/_batch-enrich/NAME`."""
+    stripped = root.rstrip("/")
+    parent, _, name = stripped.rpartition("/")
+    if not parent and stripped.startswith("/"):
+        parent = "/"  # a folder right under the filesystem root
+    if not name or not parent:
+        raise DestinationPathError(
+            f"destination {root!r} is a bucket or filesystem root: give a folder inside it "
+            f"(e.g. {stripped or ''}/enriched); the run's working state is kept beside the "
+            "destination folder, in its parent"
+        )
+    return join(parent, STATE_FOLDER, name)
+
+
+def state_folder(destination: str, settings: StorageSettings | None = None) -> str:
+    """Where the working state of `destination` lives, in the destination's own form: a local
+    path for a local destination, `s3://bucket/.../_batch-enrich/NAME` on S3."""
+    _, root = filesystem(destination, settings)
+    folder = state_root(root)
+    if "://" in destination and not destination.startswith("file://"):
+        return destination.split("://", 1)[0] + "://" + folder
+    return folder
+
 
 RESULT_SCHEMA = pa.schema(
     [
@@ -125,7 +162,7 @@ class RunState:
     def __init__(self, destination: str, settings: StorageSettings | None = None) -> None:
         self.destination = destination
         self.fs, self.root = filesystem(destination, settings)
-        self.state_root = join(self.root, STATE_FOLDER)
+        self.state_root = state_root(self.root)
         self.generation = 0
         self.resumed = False
         self.last_succeeded: int | None = None
@@ -191,7 +228,7 @@ class RunState:
 
     def local_path(self, name: str) -> str:
         """A path on this machine that belongs to this destination (e.g. a SQLite file):
-        under `_state/` for a local destination, else in the temporary directory."""
+        in the state folder for a local destination, else in the temporary directory."""
         if is_local(self.fs):
             folder = self.state_root
         else:

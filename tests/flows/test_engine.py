@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.batch import ApiUnreachableError
+from tasks.state import state_folder
 from tests.conftest import free_port
 from tests.flows.conftest import ENRICHMENTS, FLOW_TEST_KEY
 from tests.flows.fault_proxy import LoopbackProxy
@@ -24,7 +25,7 @@ from tests.flows.test_resume import ROOT, output_ids, wait_for
 
 
 def ledger_shards(destination: str) -> dict[str, dict]:
-    path = Path(destination) / "_state" / "gen-000001" / "ledger.json"
+    path = Path(state_folder(destination)) / "gen-000001" / "ledger.json"
     try:
         return json.loads(path.read_text())["shards"]
     except (FileNotFoundError, json.JSONDecodeError):

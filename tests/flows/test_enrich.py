@@ -12,6 +12,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from tasks.state import state_folder
 from tests.flows.conftest import ENRICHMENTS, make_documents
 
 
@@ -164,7 +165,11 @@ def test_parquet_source_and_destination_on_s3(
     table = ds.dataset(f"{s3_bucket}/enriched", format="parquet", filesystem=fs).to_table()
     assert_complete(table, source_table)
     assert table.column("summary").null_count == 0
-    assert fs.exists(f"{s3_bucket}/enriched/_state/generation.json")
+    assert fs.exists(f"{s3_bucket}/_batch-enrich/enriched/generation.json")
+    # The dataset folder holds the output only; the working state is beside it.
+    assert fs.ls(f"{s3_bucket}/enriched", detail=False) == [
+        f"{s3_bucket}/enriched/enriched.parquet"
+    ]
 
 
 def test_text_objects_on_s3_with_a_non_utf8_object(
@@ -319,8 +324,8 @@ def test_a_second_run_on_a_busy_destination_stops_before_paying(
         with pytest.raises(DestinationBusyError, match="the-nightly-run"):
             run_flow(source=corpus(10), destination=destination, batch_api=emulator.base_url)
         assert emulator.stats()["batches_created"] == 0
-        assert not (tmp_path / "out" / "_state" / "generation.json").exists()
+        assert not (Path(state_folder(destination)) / "generation.json").exists()
     # Once it has finished, the same run goes through.
     report = run_flow(source=corpus(10), destination=destination, batch_api=emulator.base_url)
     assert report.rows_in == 10
-    assert not (tmp_path / "out" / "_state" / "lock.json").exists()
+    assert not (Path(state_folder(destination)) / "lock.json").exists()

@@ -19,6 +19,7 @@ import pytest
 
 from batchapi.emulator.runner import RunningEmulator
 from tasks.batch import BatchWaitTimeout
+from tasks.state import state_folder
 from tests.conftest import free_port
 from tests.flows.conftest import ENRICHMENTS, FLOW_TEST_KEY, make_documents
 from tests.flows.fault_proxy import LoopbackProxy
@@ -46,7 +47,7 @@ def submitted_batches(destination: str) -> int:
     just before it (see README, "Resume"); the kill points below are taken while the flow is
     polling, which is where a night spends its time.
     """
-    ledger = Path(destination) / "_state" / "gen-000001" / "ledger.json"
+    ledger = Path(state_folder(destination)) / "gen-000001" / "ledger.json"
     try:
         shards = json.loads(ledger.read_text())["shards"]
     except (FileNotFoundError, json.JSONDecodeError):
@@ -276,7 +277,7 @@ def test_timeout_names_open_batches_and_next_run_picks_them_up(
     created = emulator.stats()["batches_created"]
     assert created >= 1
     assert "batch_" in str(caught.value) and "Rerun the same job" in str(caught.value)
-    generation = json.loads((Path(destination) / "_state" / "generation.json").read_text())
+    generation = json.loads((Path(state_folder(destination)) / "generation.json").read_text())
     assert generation["status"] == "failed"
 
     report = run_flow(source=source, destination=destination, batch_api=emulator.base_url)
@@ -346,7 +347,7 @@ def test_embedded_backend_resumes_after_sigkill(prefect_api: str, corpus, tmp_pa
     assert report["backend"] == "embedded-emulator (heuristic engine)"
     assert output_ids(destination) == Counter(pq.read_table(source).column("id").to_pylist())
     # Once the run succeeded, its emulator database is gone.
-    assert not (Path(destination) / "_state" / "embedded-emulator.sqlite").exists()
+    assert not (Path(state_folder(destination)) / "embedded-emulator.sqlite").exists()
 
 
 def test_sigterm_stops_the_run_cleanly_with_nothing_left_running(corpus, tmp_path: Path) -> None:
@@ -396,6 +397,6 @@ def test_sigterm_stops_the_run_cleanly_with_nothing_left_running(corpus, tmp_pat
     assert "aborted by a termination signal" in stderr
     _, alive = psutil.wait_procs(children, timeout=15)
     assert not alive, [" ".join(p.cmdline()) for p in alive]
-    state = destination / "_state"
+    state = Path(state_folder(str(destination)))
     assert json.loads((state / "generation.json").read_text())["status"] == "failed"
     assert not (state / "lock.json").exists()

@@ -17,11 +17,12 @@ import pytest
 from pydantic import SecretStr
 
 from tasks.lock import DestinationBusyError, DestinationLock, LockRecord, create_exclusive
+from tasks.state import state_folder, state_root
 from tasks.storage import StorageSettings, filesystem
 
 
 def lock_file(destination: Path) -> Path:
-    return destination / "_state" / "lock.json"
+    return Path(state_folder(str(destination))) / "lock.json"
 
 
 def write_record(destination: Path, **fields: object) -> None:
@@ -124,11 +125,11 @@ def test_a_lock_on_s3(s3_bucket: str, moto_server: str) -> None:
     destination = f"s3://{s3_bucket}/enriched"
     fs, _ = filesystem(destination, settings)
     with DestinationLock(destination, settings, flow_run_id="s3-run"):
-        record = json.loads(fs.cat_file(f"{s3_bucket}/enriched/_state/lock.json"))
+        record = json.loads(fs.cat_file(f"{s3_bucket}/_batch-enrich/enriched/lock.json"))
         assert record["flow_run_id"] == "s3-run"
         with pytest.raises(DestinationBusyError):
             DestinationLock(destination, settings, wait_seconds=0).acquire()
-    assert not fs.exists(f"{s3_bucket}/enriched/_state/lock.json")
+    assert not fs.exists(f"{s3_bucket}/_batch-enrich/enriched/lock.json")
 
 
 def test_a_killed_process_not_yet_reaped_counts_as_gone(tmp_path: Path) -> None:
@@ -179,7 +180,7 @@ class Destination:
 
     @property
     def state(self) -> str:
-        return filesystem(self.url, self.settings)[1] + "/_state"
+        return state_root(filesystem(self.url, self.settings)[1])
 
     @property
     def fs(self) -> fsspec.AbstractFileSystem:

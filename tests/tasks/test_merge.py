@@ -6,13 +6,12 @@ import json
 import random
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from tasks.merge import OutputWriter, merge_group, output_schema, results_for
+from tasks.merge import merge_group, output_schema, results_for
 from tasks.shard import build_group_lines
 from tasks.spec import parse_enrichments
-from tasks.state import RunState, results_table
+from tasks.state import results_table
 
 ENRICHMENTS = parse_enrichments(
     [
@@ -100,23 +99,6 @@ def test_the_latest_attempt_wins_and_a_missing_result_is_an_error() -> None:
     partial = results_table(rows_for(lines, fail=set())[:-1])
     out = merge_group.fn(group, lines, results_for(lines, [partial]), ENRICHMENTS, schema)
     assert out.column("topic_error").to_pylist()[-1] == "no result was recorded for this line"
-
-
-def test_output_is_committed_in_one_step_and_an_abort_leaves_the_old_one(tmp_path) -> None:
-    group, lines = setup(4)
-    merged = results_for(lines, [results_table(rows_for(lines, set()))])
-    state = RunState(str(tmp_path)).begin()
-    schema = output_schema(group.schema, ENRICHMENTS, {"batch_enrich.mode": "full"})
-    writer = OutputWriter(state, schema)
-    writer.write(merge_group.fn(group, lines, merged, ENRICHMENTS, schema))
-    assert not (tmp_path / "enriched.parquet").exists()
-    target = writer.commit()
-    assert pq.read_table(target).num_rows == 4
-    assert pq.read_schema(target).metadata[b"batch_enrich.mode"] == b"full"
-
-    writer = OutputWriter(state, schema)
-    writer.abort()
-    assert pq.read_table(target).num_rows == 4
 
 
 def test_rows_not_covered_exactly_once_are_refused() -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from tasks.state import PreviousResults, RunState, results_table
+from tasks.state import PreviousResults, RunState, results_table, state_folder
 
 
 def test_an_unfinished_generation_is_resumed_and_a_success_starts_a_new_one(tmp_path) -> None:
@@ -21,9 +22,11 @@ def test_an_unfinished_generation_is_resumed_and_a_success_starts_a_new_one(tmp_
     night = RunState(destination).begin("run-3")
     assert (night.generation, night.resumed, night.last_succeeded) == (2, False, 1)
     assert night.read_ledger() is None
-    assert not (tmp_path / "out" / "_state" / "gen-000001" / "ledger.json").exists()
+    assert not (Path(state_folder(destination)) / "gen-000001" / "ledger.json").exists()
     night.finish(succeeded=False)
-    status = json.loads((tmp_path / "out" / "_state" / "generation.json").read_text())
+    assert state_folder(destination) == str(tmp_path / "_batch-enrich" / "out")
+    assert not (tmp_path / "out").exists()  # the dataset folder holds data only
+    status = json.loads((Path(state_folder(destination)) / "generation.json").read_text())
     assert status["status"] == "failed" and status["last_succeeded"] == 1
     assert RunState(destination).begin().generation == 2
 
