@@ -1,6 +1,11 @@
 """`make demo`: generate a sample corpus, enrich it on the embedded emulator, show the result.
 
     python -m flows.demo [--docs 3000] [--output demo-output] [--mode full|incremental]
+                         [--output-format parquet|delta]
+
+The corpus goes to OUTPUT/corpus/, the enriched dataset to OUTPUT/enriched/ (a Delta table in
+OUTPUT/enriched-delta/ with --output-format delta), sibling folders; the run's working state
+goes beside them, in OUTPUT/_batch-enrich/.
 
 Works from a fresh clone with nothing started: the flow starts a temporary Prefect server and
 the embedded Batch API emulator for the run.
@@ -61,9 +66,20 @@ def _errors(row: dict[str, Any]) -> str:
     return _short("; ".join(found)) if found else "none"
 
 
-def print_preview(destination: Path, rows: int = PREVIEW_ROWS) -> int:
+def open_output(destination: Path, output_format: str = "parquet") -> ds.Dataset:
+    """The enriched dataset as pyarrow sees it, in either output format."""
+    if output_format == "delta":
+        from deltalake import DeltaTable
+
+        return DeltaTable(str(destination)).to_pyarrow_dataset()
+    return ds.dataset(str(destination), format="parquet")
+
+
+def print_preview(
+    destination: Path, rows: int = PREVIEW_ROWS, output_format: str = "parquet"
+) -> int:
     """Print a few enriched rows; returns the dataset's row count."""
-    dataset = ds.dataset(str(destination), format="parquet")
+    dataset = open_output(destination, output_format)
     total = dataset.count_rows()
     head = dataset.head(rows).to_pylist()
     print(f"\nPreview ({len(head)} of {total} rows):")
@@ -92,9 +108,12 @@ def print_report(report: Any) -> None:
         )
 
 
-def demo_job(output: Path, mode: str = "full") -> dict[str, Any]:
-    """The demo's parameters: the same JSON `python -m flows.enrich --params` takes."""
-    return {
+def demo_job(output: Path, mode: str = "full", output_format: str = "parquet") -> dict[str, Any]:
+    """The demo's parameters: the same JSON `python -m flows.enrich --params` takes.
+
+    Source and destination are sibling folders (a destination inside the source is refused).
+    """
+    job = {
         "source": (output / "corpus" / "docs.parquet").as_posix(),
         "destination": (output / "enriched").as_posix(),
         "enrichments": DEMO_ENRICHMENTS,
@@ -103,14 +122,40 @@ def demo_job(output: Path, mode: str = "full") -> dict[str, Any]:
         "poll_interval_seconds": 0.2,
         "mode": mode,
     }
+    if output_format != "parquet":
+        job["destination"] = (output / f"enriched-{output_format}").as_posix()
+        job["output_format"] = output_format
+    return job
 
 
-def closing_hints(output: Path, python: str) -> list[tuple[str, list[str]]]:
+def reading_hints(destination: Path, output_format: str) -> str:
+    path = destination.as_posix()
+    if output_format == "delta":
+        return (
+            "  from deltalake import DeltaTable\n"
+            f"  table = DeltaTable('{path}').to_pyarrow_table()   # version=N for an older one\n"
+            f"  frame = polars.scan_delta('{path}').collect()\n"
+            f"  dataset = DeltaTable('{path}').to_pyarrow_dataset()\n"
+            "  duckdb.sql('select count(*) from dataset')"
+        )
+    return (
+        "  import pyarrow.dataset as ds\n"
+        f"  table = ds.dataset('{path}').to_table()\n"
+        f"  frame = polars.scan_parquet('{path}').collect()\n"
+        f"  duckdb.sql(\"select count(*) from read_parquet('{path}/*.parquet')\")"
+    )
+
+
+def closing_hints(
+    output: Path, python: str, output_format: str = "parquet"
+) -> list[tuple[str, list[str]]]:
     """What to try next: (why, command), each a command that runs as printed."""
     job = (output / "job.json").as_posix()
     demo = [python, "-m", "flows.demo"] + (
         [] if output == Path(DEFAULT_OUTPUT) else ["--output", output.as_posix()]
     )
+    if output_format != "parquet":
+        demo += ["--output-format", output_format]
     return [
         (
             "Run it again, sending only new or changed documents (here: none)",
@@ -147,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="full",
         help="incremental: send only documents that are new or changed since the last run",
     )
+    parser.add_argument(
+        "--output-format",
+        choices=["parquet", "delta"],
+        default="parquet",
+        help="parquet: OUTPUT/enriched/enriched.parquet; delta: a Delta table in "
+        "OUTPUT/enriched-delta/",
+    )
     return parser
 
 
@@ -154,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     output = Path(args.output)
-    job = demo_job(output, args.mode)
+    job = demo_job(output, args.mode, args.output_format)
     corpus = Path(job["source"])
     destination = Path(job["destination"])
     if ensure_corpus(corpus, args.docs):
@@ -172,15 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     report = enrich_documents(**job)
     print(f"Done in {time.monotonic() - started:.0f} s (including Prefect's start).")
     print(f"\nEnriched dataset: {report.output_path}")
-    total = print_preview(destination)
+    total = print_preview(destination, output_format=args.output_format)
     print(f"\nRows written: {total}")
     print_report(report)
-    print(
-        "\nRead it with:\n"
-        "  import pyarrow.dataset as ds\n"
-        f"  table = ds.dataset('{destination.as_posix()}').to_table()"
-    )
-    for why, command in closing_hints(output, _python()):
+    print(f"\nRead it with (README, Output):\n{reading_hints(destination, args.output_format)}")
+    for why, command in closing_hints(output, _python(), args.output_format):
         print(f"\n{why}:\n  {shlex.join(command)}")
     return 0
 
