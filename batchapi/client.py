@@ -91,8 +91,9 @@ _MASK = "********"
 # it; the docs' 502/503 rows ("backend request failed", "router not configured") fit that.
 # A lost answer (timeout, dropped connection) is different: see SubmitOutcomeUnknownError.
 _TRANSIENT_STATUS = frozenset({408, 429})
-# Connections to the API held open by one client.
+# Connections to the API held open by one client, and how long an idle one is kept.
 MAX_CONNECTIONS = 16
+KEEPALIVE_EXPIRY_SECONDS = 2.0
 
 
 # --------------------------------------------------------------------------- validation
@@ -405,8 +406,13 @@ class _ClientCore:
             # request's overhead flat however many polls run at once (they queue for a
             # connection instead). The pool timeout is the request timeout.
             "timeout": httpx.Timeout(self.timeout),
+            # An idle connection is dropped before servers usually drop theirs (uvicorn after
+            # 5 s): a request sent on a connection the server is closing can lose its answer,
+            # which for a submit means a batch in doubt.
             "limits": httpx.Limits(
-                max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
+                max_connections=MAX_CONNECTIONS,
+                max_keepalive_connections=MAX_CONNECTIONS,
+                keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
             ),
             "http2": False,
             "follow_redirects": False,

@@ -369,6 +369,7 @@ def enrich_documents(
                 raise
             report.shards_in_doubt = engine_report.in_doubt
             report.rate_limited = engine_report.rate_limited
+            report.polls = engine_report.polls
         state.finish(succeeded=True)
         state.remove_local(EMBEDDED_DB)
     report.seconds = round(time.monotonic() - started, 2)

@@ -65,6 +65,7 @@ class EnrichReport(BaseModel):
     lines_sent: int = 0
     prompt_tokens: int = 0
     rate_limited: int = 0  # submissions the API refused with 429 (and were sent later)
+    polls: int = 0  # status requests for open batches
     shards_in_doubt: list[str] = Field(default_factory=list)  # on the wire when a run stopped
     dry_run: bool = False
     estimate: RunEstimate | None = None  # what the run sends (a dry run) or sent first

@@ -637,13 +637,32 @@ class BatchEngine:
                 payload, len(shard.custom_ids), retry_rate_limited=False
             )
         except SubmitOutcomeUnknownError as exc:
-            raise SubmitOutcomeUnknownError(
-                f"shard {shard.shard_id}: {exc.message}",
-                status_code=exc.status_code,
-                operation=exc.operation,
-                hint="Rerun the job: it names this shard and sends it again (its batch may "
-                "be paid twice)",
-            ) from None
+            lost = len(self.report.in_doubt) < self.options.parallel_submissions
+            if exc.status_code is not None or not lost:
+                # The server answered, but not with a batch (every submit would do the same),
+                # or answers keep getting lost: stop, naming the shard; the rerun sends it.
+                raise SubmitOutcomeUnknownError(
+                    f"shard {shard.shard_id}: {exc.message}",
+                    status_code=exc.status_code,
+                    operation=exc.operation,
+                    hint="Rerun the job once the API answers normally: it names this shard and "
+                    "sends it again (its batch may be paid twice)",
+                ) from None
+            # The answer was lost: the batch may or may not be queued, and the API cannot say.
+            # Stopping the night would not help (a rerun could only send it again), so it is
+            # sent again now, named in the log and the report; its intent stays in the ledger.
+            self._on_wire.discard(work)
+            self._unsettled -= 1
+            work.in_doubt = True
+            self.report.in_doubt.append(shard.shard_id)
+            self._log(
+                "warning",
+                "shard %s: %s; it is sent again (its batch may be paid twice)",
+                shard.shard_id,
+                exc.message,
+            )
+            self._push(work)
+            return
         except (TerminalApiError, TransientApiError) as exc:
             # Refused before it was queued (a bad key, a busy or failing server): nothing is
             # owed for it.
@@ -730,16 +749,15 @@ class BatchEngine:
         heapq.heappush(self._polls, (work.next_poll, next(self._seq), work))
 
     def _poll_rate(self, now: float) -> float:
-        """Polls per second the run may spend: a few per finished batch, at least one per poll
-        interval, and at least every open batch once per ten poll intervals. Which batches get
-        them is the schedule's business (most overdue first)."""
+        """Polls per second the run may spend: a couple per finished batch and at least one
+        per poll interval; before anything has finished, every open batch once per ten poll
+        intervals. Which batches get them is the schedule's business (most overdue first)."""
         interval = self.options.poll_interval_seconds
-        floor = max(1.0, len(self._open) / 10.0) / interval
         recent = self._completions
         if len(recent) < 2:
-            return floor
+            return max(1.0, len(self._open) / 10.0) / interval
         finishing = len(recent) / max(now - recent[0], interval)
-        return max(floor, POLLS_PER_FINISHED_BATCH * finishing)
+        return max(1.0 / interval, POLLS_PER_FINISHED_BATCH * finishing)
 
     def _start_polls(self, now: float) -> None:
         rate = self._poll_rate(now)

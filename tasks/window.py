@@ -54,8 +54,8 @@ class PollSchedule:
     """When to look at an open batch again.
 
     For each finished batch the engine reports the age at which it was last seen open and the
-    age at which it was seen finished; the midpoint estimates when it finished. A new batch is
-    first polled just before batches like it usually finish (a low quantile of those estimates),
+    age at which it was seen finished, which bound when it finished. A new batch is first polled
+    just before batches like it usually finish (a low quantile of those estimates),
     then in short steps while batches like it are finishing (a quarter of the poll interval
     when they all take about as long, up to the poll interval when their durations spread), and
     past the usual range with a slow backoff for stragglers, at most ten poll intervals apart.
@@ -72,7 +72,12 @@ class PollSchedule:
     def finished(self, last_seen_open: float, seen_finished: float) -> None:
         """A batch was last seen open `last_seen_open` seconds after it was submitted, and
         finished `seen_finished` seconds after."""
-        self._durations.append((last_seen_open + seen_finished) / 2)
+        # It finished in between. A wide gap (the last look was long before) says little, and
+        # its midpoint would pull the estimate early: take half an interval before instead.
+        if seen_finished - last_seen_open <= 2 * self.poll_interval:
+            self._durations.append((last_seen_open + seen_finished) / 2)
+        else:
+            self._durations.append(seen_finished - self.poll_interval / 2)
         self._since_estimate += 1
         if len(self._durations) > 16 and self._since_estimate < 16:
             return
@@ -82,7 +87,7 @@ class PollSchedule:
             low, high = cut[1], cut[17]  # the 10th and 90th percentiles
         else:
             low = high = min(self._durations)
-        self._low = 0.95 * low
+        self._low = 0.98 * low
         self._high = high
         interval = self.poll_interval
         self._step = min(interval, max(interval / 4, (high - low) / 8))
