@@ -44,7 +44,7 @@ def test_polls_wait_for_the_usual_duration_then_step_finely_while_batches_finish
     # finished: their midpoints say 29.5 s.
     for seen_open, seen_done in [(29.0, 30.0), (29.2, 30.2), (28.9, 29.9), (29.1, 30.1)]:
         schedule.finished(seen_open, seen_done)
-    assert schedule.expected == pytest.approx(0.95 * 29.4, abs=0.3)
+    assert schedule.expected == pytest.approx(0.98 * 29.4, abs=0.3)
     # A new batch is first looked at just before batches like it usually finish ...
     first = schedule.next_poll(submitted_at=100.0, now=100.0)
     assert first == pytest.approx(100.0 + schedule.expected)
@@ -52,6 +52,14 @@ def test_polls_wait_for_the_usual_duration_then_step_finely_while_batches_finish
     assert schedule.next_poll(submitted_at=100.0, now=first) == pytest.approx(first + 0.25)
     # A straggler long past the usual range backs off.
     assert schedule.next_poll(submitted_at=100.0, now=190.0) > 190.0 + 1.0
+
+
+def test_a_wide_interval_does_not_pull_the_estimate_early() -> None:
+    schedule = PollSchedule(poll_interval=1.0)
+    # Seen open right after submission, seen finished at 30 s: it finished late, not at 15 s.
+    for _ in range(4):
+        schedule.finished(0.1, 30.0)
+    assert schedule.expected == pytest.approx(0.98 * 29.5)
 
 
 def test_spread_durations_are_polled_every_interval() -> None:
