@@ -8,12 +8,14 @@ each successful run replaces the file.
 
 from __future__ import annotations
 
+import posixpath
+
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.sinks.base import refuse_legacy_state
-from tasks.state import DestinationPathError, RunState
+from tasks.state import LEGACY_STATE_FOLDER, DestinationPathError, RunState
 from tasks.storage import StorageSettings, join, move, remove
 
 OUTPUT_FILE = "enriched.parquet"
@@ -86,6 +88,26 @@ class ParquetSink:
                 "the Parquet output"
             )
         others = sorted(p for p in fs.find(root) if p.rstrip("/") != join(root, OUTPUT_FILE))
+        nested = sorted(
+            {
+                posixpath.dirname(
+                    p.split("/_delta_log/")[0] if "/_delta_log/" in p else p
+                ).removesuffix(f"/{LEGACY_STATE_FOLDER}")
+                for p in others
+                if p.endswith(f"/{OUTPUT_FILE}")
+                or "/_delta_log/" in p
+                or p.endswith(f"/{LEGACY_STATE_FOLDER}/generation.json")
+            }
+        )
+        if nested:
+            inner = nested[0]
+            sibling = f"{root.rstrip('/')}-{posixpath.basename(inner)}"
+            raise DestinationPathError(
+                f"destination {destination!r} holds the dataset of another destination, "
+                f"{inner!r}: readers of {destination!r} would take its rows for theirs. "
+                f"Destinations are sibling folders: move it beside this one (e.g. to "
+                f"{sibling!r}) or give this run another folder"
+            )
         if others:
             shown = ", ".join(repr(p) for p in others[:3])
             more = f" and {len(others) - 3} more" if len(others) > 3 else ""

@@ -87,8 +87,10 @@ def test_a_destination_containing_another_destination_is_refused(tmp_path: Path)
     inner = tmp_path / "enriched" / "nightly"
     inner.mkdir(parents=True)
     (inner / "enriched.parquet").write_bytes(b"PAR1")
-    with pytest.raises(DestinationPathError, match="not this job's output"):
+    with pytest.raises(DestinationPathError, match="dataset of another destination") as caught:
         check_paths(str(corpus(tmp_path / "corpus")), str(tmp_path / "enriched"))
+    assert str(inner) in str(caught.value)
+    assert str(tmp_path / "enriched-nightly") in str(caught.value)
 
 
 def test_a_bucket_root_is_refused_as_a_destination(s3_bucket: str) -> None:

@@ -145,7 +145,8 @@ def test_storage_settings_become_delta_storage_options() -> None:
     ("output_format", "files", "message"),
     [
         ("parquet", ["notes.parquet"], "not this job's output"),
-        ("parquet", ["sub/enriched.parquet"], "not this job's output"),
+        ("parquet", ["sub/enriched.parquet"], "the dataset of another destination"),
+        ("parquet", ["sub/_state/generation.json"], "the dataset of another destination"),
         ("parquet", ["_delta_log/00000000000000000000.json"], "is a Delta table"),
         ("delta", ["enriched.parquet"], "output_format='parquet'"),
         ("delta", ["data.csv"], "is not a Delta table"),
