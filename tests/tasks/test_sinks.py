@@ -172,3 +172,14 @@ def test_an_empty_or_own_destination_is_accepted(tmp_path: Path) -> None:
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "enriched.parquet").write_bytes(b"x")
     check_destination("parquet", str(tmp_path / "mine"))
+
+
+def test_a_delta_version_takes_the_columns_of_its_run(tmp_path) -> None:
+    """Enrichments change between nights: the new version has tonight's columns only."""
+    destination = str(tmp_path / "out")
+    table, schema = enriched(3)
+    write_run("delta", destination, [table], schema).commit()
+    narrower = table.drop_columns(["topic", "topic_scores", "topic_error"])
+    write_run("delta", destination, [narrower], narrower.schema).commit()
+    assert DeltaTable(destination).to_pyarrow_table().schema.equals(narrower.schema)
+    assert "topic" in DeltaTable(destination, version=0).to_pyarrow_table().column_names
