@@ -215,30 +215,15 @@ def test_overlapping_paths_are_refused_before_anything_is_paid(
 def test_a_delta_run_killed_mid_run_commits_nothing_and_its_rerun_pays_once(
     prefect_api: str, corpus, api, tmp_path: Path
 ) -> None:
-    import os
     from collections import Counter
 
-    from tests.flows.conftest import FLOW_TEST_KEY
-    from tests.flows.test_resume import kill_mid_run_then_rerun
+    from tests.flows.test_resume import kill_a_small_job_and_rerun
 
     emulator = api(latency=0.6)
-    source = corpus(60)
-    destination = str(tmp_path / "out")
-    params = {
-        "source": source,
-        "destination": destination,
-        "batch_api": emulator.base_url,
-        "group_size": 20,
-        "max_in_flight": 2,
-        "output_format": "delta",
-    }
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, "BATCH_API_KEY": FLOW_TEST_KEY}
-    report = kill_mid_run_then_rerun(params, env, tmp_path, 2, emulator)
-    assert report["resumed"] is True and report["batches_reattached"] >= 1
+    _, source, destination = kill_a_small_job_and_rerun(
+        prefect_api, emulator, corpus, tmp_path, output_format="delta"
+    )
     table = DeltaTable(destination)
     assert table.version() == 0  # the killed run committed nothing
     ids = table.to_pyarrow_table().column("id").to_pylist()
     assert Counter(ids) == Counter(pq.read_table(source).column("id").to_pylist())
-    stats = emulator.stats()
-    assert stats["custom_ids_submitted_twice"] == 0
-    assert stats["lines_received"] == 60 * 3
