@@ -1,5 +1,5 @@
 """The real Prefect server these tests share with the other Prefect-server tests."""
 
-from prefect_server import prefect_api, prefect_server
+from tests.prefect_server import prefect_api, prefect_server
 
 __all__ = ["prefect_api", "prefect_server"]
