@@ -349,6 +349,8 @@ class BatchEngine:
         self._queue: list[tuple[int, int, int, _Work]] = []
         self._seq = itertools.count()
         self._open: dict[str, _Work] = {}
+        # Open batches by when to poll them: those never seen open yet, and those seen open.
+        self._first_polls: list[tuple[float, int, _Work]] = []
         self._polls: list[tuple[float, int, _Work]] = []
         self._on_wire: set[_Work] = set()
         self._jobs: dict[int, _Job] = {}
@@ -522,8 +524,9 @@ class BatchEngine:
         self._polls_running = 0
         for work in self._open.values():
             work.busy = False
-        self._polls = [(w.next_poll, next(self._seq), w) for w in self._open.values()]
-        heapq.heapify(self._polls)
+        self._first_polls, self._polls = [], []
+        for work in self._open.values():
+            self._push_poll(work)
 
     # ------------------------------------------------------------------ groups
 
@@ -746,7 +749,12 @@ class BatchEngine:
 
     def _schedule_poll(self, work: _Work, now: float) -> None:
         work.next_poll = self.schedule.next_poll(work.submitted_at, now)
-        heapq.heappush(self._polls, (work.next_poll, next(self._seq), work))
+        self._push_poll(work)
+
+    def _push_poll(self, work: _Work) -> None:
+        first_look = work.seen_open_at <= work.submitted_at
+        heap = self._first_polls if first_look else self._polls
+        heapq.heappush(heap, (work.next_poll, next(self._seq), work))
 
     def _poll_rate(self, now: float) -> float:
         """Polls per second the run may spend: a couple per finished batch and at least one
@@ -765,21 +773,29 @@ class BatchEngine:
         self._poll_tokens = min(burst, self._poll_tokens + (now - self._tokens_at) * rate)
         self._tokens_at = now
         self._next_poll_at = None
-        while self._polls:
-            when, _, work = self._polls[0]
+        # A batch's first look, when batches like it usually finish, is always allowed; the
+        # budget rations the looks again at batches seen still open.
+        self._drain_polls(self._first_polls, now, None)
+        self._drain_polls(self._polls, now, rate)
+
+    def _drain_polls(
+        self, heap: list[tuple[float, int, _Work]], now: float, rate: float | None
+    ) -> None:
+        while heap:
+            when, _, work = heap[0]
             if work.busy or work.next_poll != when or work.shard.shard_id not in self._open:
-                heapq.heappop(self._polls)  # superseded
+                heapq.heappop(heap)  # superseded
                 continue
-            if when > now:
-                self._next_poll_at = when
+            due = when
+            if when <= now and rate is not None and self._poll_tokens < 1.0:
+                due = now + (1.0 - self._poll_tokens) / rate
+            if due > now or self._polls_running >= MAX_CONCURRENT_POLLS:
+                if due > now:  # (a poll that ends wakes the loop anyway)
+                    self._next_poll_at = min(self._next_poll_at or due, due)
                 return
-            if self._polls_running >= MAX_CONCURRENT_POLLS:
-                return  # a poll that ends wakes the loop
-            if self._poll_tokens < 1.0:
-                self._next_poll_at = now + (1.0 - self._poll_tokens) / rate
-                return
-            heapq.heappop(self._polls)
-            self._poll_tokens -= 1.0
+            heapq.heappop(heap)
+            if rate is not None:
+                self._poll_tokens -= 1.0
             work.busy = True
             self._polls_running += 1
             self._spawn(self._poll(work))
@@ -792,7 +808,7 @@ class BatchEngine:
                 break
             if work.next_poll > now and not work.busy:
                 work.next_poll = now
-                heapq.heappush(self._polls, (now, next(self._seq), work))
+                self._push_poll(work)
 
     async def _poll(self, work: _Work) -> None:
         assert self._client is not None and work.batch_id is not None
@@ -812,7 +828,7 @@ class BatchEngine:
                 now = time.monotonic()
                 self._connection_trouble(exc, now)
                 work.next_poll = now + max(self.options.poll_interval_seconds, exc.retry_after or 0)
-                heapq.heappush(self._polls, (work.next_poll, next(self._seq), work))
+                self._push_poll(work)
                 return
             self._answered()
             work.seen_open_at = time.monotonic()
@@ -850,7 +866,7 @@ class BatchEngine:
         self._open[work.shard.shard_id] = work
         now = time.monotonic()
         work.next_poll = now + self.options.poll_interval_seconds
-        heapq.heappush(self._polls, (work.next_poll, next(self._seq), work))
+        self._push_poll(work)
 
     async def _record(self, work: _Work, batch: Batch) -> None:
         assert self._client is not None
