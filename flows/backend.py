@@ -72,10 +72,18 @@ def embedded_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def backend_label(batch_api: str, block: BatchApi) -> str:
+    """Provenance: the embedded emulator, or the API's base URL."""
+    return EMBEDDED_LABEL if batch_api == EMBEDDED else block.base_url
+
+
 @contextmanager
-def resolve_backend(batch_api: str, embedded_db: str | None = None) -> Iterator[Backend]:
+def resolve_backend(
+    batch_api: str, embedded_db: str | None = None, block: BatchApi | None = None
+) -> Iterator[Backend]:
     """`embedded_db` keeps the embedded emulator's batches on disk, so a rerun after a crash
-    finds the batches the crashed run submitted."""
+    finds the batches the crashed run submitted. `block` is the named block when the caller
+    has loaded it already (`api_block`)."""
     if batch_api == EMBEDDED:
         from batchapi.emulator.runner import emulator_process
 
@@ -89,14 +97,14 @@ def resolve_backend(batch_api: str, embedded_db: str | None = None) -> Iterator[
                 api_key=key,
                 poll_interval_seconds=0.5,
             )
-            yield Backend(_settings(block, key), EMBEDDED_LABEL, 0.5, block)
+            yield Backend(_settings(block, key), backend_label(batch_api, block), 0.5, block)
         return
     if batch_api.startswith(("http://", "https://")):
         raw = os.environ.get(API_KEY_ENV)
         block = BatchApi(base_url=batch_api.rstrip("/"), api_key=SecretStr(raw) if raw else None)
         yield Backend(_settings(block, block.api_key), block.base_url, 5.0, block)
         return
-    block = load_block(batch_api)
+    block = block or load_block(batch_api)
     yield Backend(
         _settings(block, block.api_key), block.base_url, block.poll_interval_seconds, block
     )

@@ -29,7 +29,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from batchapi.models import BatchLimits
 from blocks.batch_api import BatchApi
-from flows.backend import EMBEDDED, EMBEDDED_LABEL, Backend, api_block, resolve_backend
+from flows.backend import EMBEDDED, Backend, api_block, backend_label, resolve_backend
 from flows.estimate import check_budget, estimate_run
 from flows.group import PreparedGroup, prepare_group
 from flows.report import EnrichmentCounts, EnrichReport, check_error_budget
@@ -255,7 +255,7 @@ def enrich_documents(
             source,
         )
         embedded_db = state.local_path(EMBEDDED_DB) if batch_api == EMBEDDED else None
-        with resolve_backend(batch_api, embedded_db) as backend:
+        with resolve_backend(batch_api, embedded_db, api) as backend:
             report = EnrichReport(
                 source=source,
                 destination=destination,
@@ -461,7 +461,7 @@ def _dry_run(
     return EnrichReport(
         source=resolved.url,
         destination=destination,
-        backend=EMBEDDED_LABEL if batch_api == EMBEDDED else api.base_url,
+        backend=backend_label(batch_api, api),
         mode=mode,
         generation=state.generation,
         resumed=state.resumed,

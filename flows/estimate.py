@@ -18,7 +18,7 @@ from batchapi.models import BatchLimits, approx_tokens
 from flows.group import PreparedGroup, prepare_group
 from tasks.ledger import Ledger
 from tasks.read import Source, iter_groups
-from tasks.shard import SKIPPED_CODE, TOO_LARGE_CODE, split_into_shards
+from tasks.shard import DOCUMENT_ERROR_CODES, split_into_shards
 from tasks.spec import Enrichment
 from tasks.state import RunState
 
@@ -115,22 +115,21 @@ def _count_group(
     ledger: Ledger,
 ) -> None:
     lines = prepared.lines
-    names = lines.lines.column("enrichment").to_pylist()
-    ids = lines.lines.column("custom_id").to_pylist()
-    enrichment_of = dict(zip(ids, names, strict=True))
+    enrichment_of = lines.enrichment_of
     if prepared.recorded is not None and not prepared.pending:
-        for name, count in Counter(names).items():
+        for name, count in Counter(lines.lines.column("enrichment").to_pylist()).items():
             estimate.enrichments[name].already_recorded += count
         return
     for name, count in lines.carried_over.items():
         estimate.enrichments[name].carried_over += count
     for custom_id, row in lines.known.items():
-        counts = estimate.enrichments[enrichment_of[custom_id]]
+        counts = estimate.enrichments[enrichment_of(custom_id)]
         if prepared.recorded is not None:
             counts.already_recorded += 1
-        elif row["error_code"] in (SKIPPED_CODE, TOO_LARGE_CODE):
+        elif row["error_code"] in DOCUMENT_ERROR_CODES:
             counts.not_sent += 1
     texts = group.column(text_column).to_pylist()
+    ids = lines.lines.column("custom_id").to_pylist()
     row_of = dict(zip(ids, lines.lines.column("row").to_pylist(), strict=True))
     shards = split_into_shards(prepared.pending, lines.requests, lines.index, 1, limits)
     for shard in shards:
@@ -140,7 +139,7 @@ def _count_group(
             continue
         estimate.batches_to_send += 1
         for custom_id in shard.custom_ids:
-            counts = estimate.enrichments[enrichment_of[custom_id]]
+            counts = estimate.enrichments[enrichment_of(custom_id)]
             counts.lines_to_send += 1
             counts.prompt_tokens += approx_tokens(texts[row_of[custom_id]] or "")
 

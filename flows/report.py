@@ -5,10 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from flows.estimate import RunEstimate
-
-# Errors that are the document's, not the API's (empty or unreadable text, a line over the
-# byte limit): nothing was sent for them, and the error budget leaves them out.
-DOCUMENT_ERROR_CODES = frozenset({"skipped", "too_large"})
+from tasks.shard import DOCUMENT_ERROR_CODES
 
 
 class ErrorBudgetExceededError(RuntimeError):

@@ -54,8 +54,10 @@ from batchapi.models import (
     decode_content,
 )
 from tasks.ledger import Ledger
+from tasks.merge import results_for
 from tasks.shard import GroupLines, Shard, shard_payload, split_into_shards
 from tasks.state import results_table
+from tasks.window import AdaptiveWindow, PollSchedule
 
 # Per-line error codes (the API's own plus ours) that a new attempt may fix.
 RETRYABLE_LINE_CODES = frozenset({"server_error", "rate_limited", "batch_failed", "missing_output"})
@@ -203,6 +205,37 @@ def _ok_row(custom_id: str, result: Any, attempt: int) -> dict[str, Any]:
     }
 
 
+# What an output line says about one custom id: ("ok", content, echoed model) or
+# ("error", code, message).
+_Found = tuple[str, str, str | None]
+
+
+def _rows(
+    shard: Shard, model_of: Callable[[str], str | None], found: dict[str, _Found]
+) -> list[dict[str, Any]]:
+    """One result row per custom id of the shard, matched on custom_id (never on order)."""
+    rows: list[dict[str, Any]] = []
+    for custom_id in shard.custom_ids:
+        line = found.get(custom_id)
+        if line is None:
+            rows.append(
+                _error_row(
+                    custom_id, "missing_output", "line missing from batch output", shard.attempt
+                )
+            )
+        elif line[0] == "error":
+            rows.append(_error_row(custom_id, line[1], line[2] or "", shard.attempt))
+        else:
+            model = model_of(custom_id) or line[2] or ""
+            try:
+                result = decode_content(custom_id, model, line[1], stored=True)
+            except DecodeError as exc:
+                rows.append(_error_row(custom_id, "decode_error", str(exc), shard.attempt))
+                continue
+            rows.append(_ok_row(custom_id, result, shard.attempt))
+    return rows
+
+
 def decode_output_bytes(
     shard: Shard, model_of: Callable[[str], str | None], payload: bytes
 ) -> tuple[list[dict[str, Any]], int]:
@@ -210,7 +243,7 @@ def decode_output_bytes(
     line's envelope and the domain result is validated in one parse of its content. A line of
     any other shape (an HTTP-style error, a missing field) sends the whole output through the
     lenient `parse_output` instead."""
-    found: dict[str, tuple[str, Any, Any]] = {}
+    found: dict[str, _Found] = {}
     tokens = 0
     try:
         for raw in payload.split(b"\n"):
@@ -223,7 +256,7 @@ def decode_output_bytes(
                 content = body["choices"][0]["message"]["content"]
                 if not isinstance(custom_id, str) or not isinstance(content, str):
                     raise TypeError("unexpected output line")
-                found[custom_id] = ("ok", content, None)
+                found[custom_id] = ("ok", content, body.get("model"))
                 usage = body.get("usage")
                 tokens += usage.get("prompt_tokens", 0) if usage else 0
             else:
@@ -231,26 +264,7 @@ def decode_output_bytes(
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
         lines = parse_output(payload)
         return decode_output(shard, model_of, lines), _prompt_tokens(lines)
-    rows: list[dict[str, Any]] = []
-    for custom_id in shard.custom_ids:
-        kind, first, second = found.get(custom_id, ("missing", None, None))
-        if kind == "ok":
-            model = model_of(custom_id)
-            try:
-                result = decode_content(custom_id, model or "", first, stored=True)
-            except DecodeError as exc:
-                rows.append(_error_row(custom_id, "decode_error", str(exc), shard.attempt))
-                continue
-            rows.append(_ok_row(custom_id, result, shard.attempt))
-        elif kind == "error":
-            rows.append(_error_row(custom_id, first, second, shard.attempt))
-        else:
-            rows.append(
-                _error_row(
-                    custom_id, "missing_output", "line missing from batch output", shard.attempt
-                )
-            )
-    return rows, tokens
+    return _rows(shard, model_of, found), tokens
 
 
 def _prompt_tokens(lines: list[OutputLine]) -> int:
@@ -264,34 +278,15 @@ def _prompt_tokens(lines: list[OutputLine]) -> int:
 def decode_output(
     shard: Shard, model_of: Callable[[str], str | None], lines: list[OutputLine]
 ) -> list[dict[str, Any]]:
-    """One result row per custom id of the shard, matched on custom_id (never on order)."""
-    by_id = {line.custom_id: line for line in lines}
-    rows: list[dict[str, Any]] = []
-    for custom_id in shard.custom_ids:
-        line = by_id.get(custom_id)
-        if line is None:
-            rows.append(
-                _error_row(
-                    custom_id, "missing_output", "line missing from batch output", shard.attempt
-                )
-            )
-        elif line.error is not None:
-            rows.append(_error_row(custom_id, line.error.code, line.error.message, shard.attempt))
-        else:
-            assert line.response is not None
+    """One result row per custom id of the shard, from parsed output lines."""
+    found: dict[str, _Found] = {}
+    for line in lines:
+        if line.error is not None:
+            found[line.custom_id] = ("error", line.error.code, line.error.message)
+        elif line.response is not None:
             body = line.response.body
-            try:
-                result = decode_content(
-                    custom_id,
-                    model_of(custom_id) or body.model,
-                    body.choices[0].message.content,
-                    stored=True,
-                )
-            except DecodeError as exc:
-                rows.append(_error_row(custom_id, "decode_error", str(exc), shard.attempt))
-                continue
-            rows.append(_ok_row(custom_id, result, shard.attempt))
-    return rows
+            found[line.custom_id] = ("ok", body.choices[0].message.content, body.model)
+    return _rows(shard, model_of, found)
 
 
 @dataclass(eq=False)
@@ -335,8 +330,6 @@ class BatchEngine:
         api: ApiSettings,
         options: EngineOptions,
     ) -> None:
-        from tasks.window import AdaptiveWindow, PollSchedule
-
         self.ledger = ledger
         self.api = api
         self.options = options
@@ -596,8 +589,6 @@ class BatchEngine:
             self._finish(job)
 
     def _finish(self, job: _Job) -> None:
-        from tasks.merge import results_for
-
         self._jobs.pop(job.lines.index, None)
         outcome = GroupOutcome(
             job.lines,
@@ -879,7 +870,6 @@ class BatchEngine:
                 payload = await self._client.output_bytes(batch.id)
             except NotFoundError:
                 self._answered()
-                self._open[shard.shard_id] = work
                 self._forgotten(work)
                 return
             except TransientApiError:

@@ -15,7 +15,7 @@ import re
 
 from tasks.read import _has_glob, _visible
 from tasks.sinks import check_destination
-from tasks.sinks.delta import DELTA_LOG
+from tasks.sinks.base import DELTA_LOG
 from tasks.sinks.parquet import OUTPUT_FILE
 from tasks.state import LEGACY_STATE_FOLDER, DestinationPathError, state_root
 from tasks.storage import StorageSettings, filesystem, is_local, join

@@ -25,6 +25,8 @@ from tasks.state import digest
 EMPTY_TEXT_ERROR = "text is empty or null; nothing was sent (fill the text column to enrich it)"
 SKIPPED_CODE = "skipped"
 TOO_LARGE_CODE = "too_large"
+# Errors that are the document's, not the API's: nothing was sent for them.
+DOCUMENT_ERROR_CODES = frozenset({SKIPPED_CODE, TOO_LARGE_CODE})
 
 
 def custom_id_for(

@@ -54,6 +54,23 @@ class SinkType(Protocol):
     ) -> None: ...
 
 
+# The transaction log folder that makes a folder a Delta table.
+DELTA_LOG = "_delta_log"
+
+
+def existing_folder(destination: str, fs: fsspec.AbstractFileSystem, root: str, holds: str) -> bool:
+    """Whether the destination folder exists already (then worth a closer look): refuses a
+    file where `holds` should go, and the working state of an earlier version."""
+    if not fs.isdir(root):
+        if fs.exists(root):
+            raise DestinationPathError(
+                f"destination {destination!r} is a file: give a folder for {holds}"
+            )
+        return False
+    refuse_legacy_state(destination, fs, root)
+    return True
+
+
 def refuse_legacy_state(destination: str, fs: fsspec.AbstractFileSystem, root: str) -> None:
     """Earlier versions kept the working state inside the destination, where every reader
     but pyarrow takes it for data; say where it belongs now."""

@@ -24,12 +24,11 @@ from collections.abc import Iterator
 import fsspec
 import pyarrow as pa
 
-from tasks.sinks.base import refuse_legacy_state
+from tasks.sinks.base import DELTA_LOG, existing_folder
 from tasks.sinks.parquet import OUTPUT_FILE
 from tasks.state import DestinationPathError, RunState
 from tasks.storage import StorageSettings, filesystem, join
 
-DELTA_LOG = "_delta_log"
 # Tables waiting for the writer thread: bounds memory while the writer uploads.
 _QUEUE_TABLES = 2
 _END = object()
@@ -190,13 +189,8 @@ class DeltaSink:
     @classmethod
     def check_destination(cls, destination: str, fs: fsspec.AbstractFileSystem, root: str) -> None:
         """An empty (or new) folder, or a Delta table: anything else is refused."""
-        if not fs.isdir(root):
-            if fs.exists(root):
-                raise DestinationPathError(
-                    f"destination {destination!r} is a file: give a folder for the Delta table"
-                )
+        if not existing_folder(destination, fs, root, "the Delta table"):
             return
-        refuse_legacy_state(destination, fs, root)
         if fs.exists(join(root, DELTA_LOG)):
             return
         entries = sorted(p.rstrip("/") for p in fs.ls(root, detail=False))

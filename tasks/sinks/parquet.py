@@ -14,7 +14,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.sinks.base import refuse_legacy_state
+from tasks.sinks.base import DELTA_LOG, existing_folder
 from tasks.state import LEGACY_STATE_FOLDER, DestinationPathError, RunState
 from tasks.storage import StorageSettings, join, move, remove
 
@@ -74,14 +74,9 @@ class ParquetSink:
     @classmethod
     def check_destination(cls, destination: str, fs: fsspec.AbstractFileSystem, root: str) -> None:
         """Readers open the whole folder, so it must hold nothing but our file."""
-        if not fs.isdir(root):
-            if fs.exists(root):
-                raise DestinationPathError(
-                    f"destination {destination!r} is a file: give a folder for the dataset"
-                )
+        if not existing_folder(destination, fs, root, "the dataset"):
             return
-        refuse_legacy_state(destination, fs, root)
-        if fs.exists(join(root, "_delta_log")):
+        if fs.exists(join(root, DELTA_LOG)):
             raise DestinationPathError(
                 f"destination {destination!r} is a Delta table: run with "
                 "output_format='delta' to add a version to it, or give another folder for "
@@ -91,11 +86,11 @@ class ParquetSink:
         nested = sorted(
             {
                 posixpath.dirname(
-                    p.split("/_delta_log/")[0] if "/_delta_log/" in p else p
+                    p.split(f"/{DELTA_LOG}/")[0] if f"/{DELTA_LOG}/" in p else p
                 ).removesuffix(f"/{LEGACY_STATE_FOLDER}")
                 for p in others
                 if p.endswith(f"/{OUTPUT_FILE}")
-                or "/_delta_log/" in p
+                or f"/{DELTA_LOG}/" in p
                 or p.endswith(f"/{LEGACY_STATE_FOLDER}/generation.json")
             }
         )
