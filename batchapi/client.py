@@ -1,6 +1,7 @@
 """HTTP client for the Batch API: submit a batch, poll it, fetch its output.
 
-`BatchApiClient` (sync) and `AsyncBatchApiClient` (async) have the same surface::
+`BatchApiClient` (sync, httpx) and `AsyncBatchApiClient` (async, aiohttp: the batch engine's
+client, a fifth of the CPU per request) have the same surface::
 
     with BatchApiClient("http://127.0.0.1:8000", api_key) as client:
         batch = client.submit(lines)           # validated here first, then POST /v1/batches
@@ -28,12 +29,15 @@ import json
 import logging
 import random
 import time
+import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal, Self
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
+import aiohttp
 import httpx
 from pydantic import SecretStr, ValidationError
 
@@ -341,7 +345,74 @@ def _batch_path(batch_id: str, suffix: str = "") -> str:
     return f"/v1/batches/{quote(batch_id, safe='')}{suffix}"
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """An HTTP answer as the error mapping and parsing read it, whichever library fetched it."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    content: bytes
+    operation: str  # "GET /v1/batches/..."
+    reason_phrase: str = ""
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    @classmethod
+    def of_httpx(cls, response: httpx.Response) -> _Reply:
+        return cls(
+            response.status_code,
+            response.headers,
+            response.content,
+            f"{response.request.method} {response.request.url.path}",
+            response.reason_phrase,
+        )
+
+
+# How a failed exchange ended, as far as the transport can tell: `local` (never sent: a bad
+# URL or header), `connect` (no connection was made, so nothing reached the server), `proxy`,
+# or `wire` (sent, maybe received, answer lost).
+_Failure = Literal["local", "connect", "proxy", "wire"]
+
+
+def _httpx_failure(exc: httpx.TransportError) -> _Failure:
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+        return "local"
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        return "connect"
+    if isinstance(exc, httpx.ProxyError):
+        return "proxy"
+    return "wire"
+
+
+def _aiohttp_failure(exc: Exception) -> _Failure:
+    if isinstance(exc, aiohttp.InvalidURL | ValueError):
+        return "local"
+    if isinstance(exc, aiohttp.ClientHttpProxyError | aiohttp.ClientProxyConnectionError):
+        return "proxy"
+    # ConnectionTimeoutError: the pool or the connect ran out of time; nothing was sent.
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return "connect"
+    return "wire"
+
+
+def _env_proxy(url: str) -> str | None:
+    """The proxy the environment names for `url` (HTTP(S)_PROXY, NO_PROXY), as httpx finds it.
+
+    Looked up once per client: aiohttp's own `trust_env` looks it up (and reads ~/.netrc) in a
+    thread on every request."""
+    parts = urlsplit(url)
+    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
+
+
+def _retry_after(response: _Reply) -> float | None:
     value = response.headers.get("retry-after")
     if not value:
         return None
@@ -431,7 +502,7 @@ class _ClientCore:
             text = text.replace(self._api_key.get_secret_value(), _MASK)
         return text
 
-    def _server_message(self, response: httpx.Response) -> str:
+    def _server_message(self, response: _Reply) -> str:
         text = response.text
         try:
             data = json.loads(text)
@@ -451,9 +522,9 @@ class _ClientCore:
         text = truncate(self._redact(text))
         return text or response.reason_phrase or "no message"
 
-    def _response_error(self, response: httpx.Response, kind: Kind) -> BatchApiError:
+    def _response_error(self, response: _Reply, kind: Kind) -> BatchApiError:
         status = response.status_code
-        operation = f"{response.request.method} {response.request.url.path}"
+        operation = response.operation
         message = self._server_message(response)
         common: dict[str, Any] = {"status_code": status, "operation": operation}
         if status >= 500 or status in _TRANSIENT_STATUS:
@@ -485,22 +556,21 @@ class _ClientCore:
         return TerminalApiError(message, **common)
 
     def _transport_error(
-        self, exc: httpx.TransportError, method: str, path: str, kind: Kind
+        self, exc: Exception, failure: _Failure, operation: str, kind: Kind
     ) -> BatchApiError:
-        operation = f"{method} {path}"
         name = type(exc).__name__
-        if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+        if failure == "local":
             # A local fault; the exception text may quote header values, so it is not shown.
             return TerminalApiError(f"the request could not be sent ({name})", operation=operation)
         detail = truncate(self._redact(str(exc)), 200) or name
-        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        if failure == "connect":
             # Nothing left this process: safe to repeat, even a submit.
             return TransientApiError(
                 f"cannot connect to {self.base_url}: {detail}",
                 operation=operation,
                 hint="Check that base_url is right and the server is up",
             )
-        if isinstance(exc, httpx.ProxyError):
+        if failure == "proxy":
             return TransientApiError(f"proxy error: {detail}", operation=operation)
         if kind == "submit":
             # Read/write timeouts, dropped connections: the body may have reached the
@@ -541,7 +611,7 @@ class _ClientCore:
             delay,
         )
 
-    def _batch(self, response: httpx.Response, kind: Kind) -> Batch:
+    def _batch(self, response: _Reply, kind: Kind) -> Batch:
         # GAP: the success code of POST /v1/batches is undocumented; any 2xx is accepted.
         try:
             return parse_batch(response.content)
@@ -552,17 +622,17 @@ class _ClientCore:
             raise error_type(
                 message,
                 status_code=response.status_code,
-                operation=f"{response.request.method} {response.request.url.path}",
+                operation=response.operation,
             ) from None
 
-    def _output(self, response: httpx.Response) -> list[OutputLine]:
+    def _output(self, response: _Reply) -> list[OutputLine]:
         try:
             return parse_output(response.content)
         except ValueError as exc:
             raise BatchApiError(
                 f"the output is not valid JSONL: {truncate(str(exc), 300)}",
                 status_code=response.status_code,
-                operation=f"{response.request.method} {response.request.url.path}",
+                operation=response.operation,
             ) from None
 
 
@@ -624,18 +694,19 @@ class BatchApiClient(_ClientCore):
     ) -> None:
         self.close()
 
-    def _send(
-        self, method: str, path: str, kind: Kind, body: bytes | None = None
-    ) -> httpx.Response:
+    def _send(self, method: str, path: str, kind: Kind, body: bytes | None = None) -> _Reply:
         headers = self._headers("application/jsonl" if body is not None else None)
         attempt = 0
         while True:
             cause: Exception | None = None
             try:
-                response = self._http.request(method, path, content=body, headers=headers)
+                response = _Reply.of_httpx(
+                    self._http.request(method, path, content=body, headers=headers)
+                )
             except httpx.TransportError as exc:
-                error = self._transport_error(exc, method, path, kind)
-                cause = None if isinstance(exc, httpx.LocalProtocolError) else exc
+                failure = _httpx_failure(exc)
+                error = self._transport_error(exc, failure, f"{method} {path}", kind)
+                cause = None if failure == "local" else exc
             else:
                 if response.is_success:
                     return response
@@ -649,7 +720,12 @@ class BatchApiClient(_ClientCore):
 
 
 class AsyncBatchApiClient(_ClientCore):
-    """Asynchronous Batch API client (httpx.AsyncClient); `output` returns a list."""
+    """Asynchronous Batch API client (aiohttp); `output` returns a list.
+
+    aiohttp rather than httpx here: the batch engine makes three or more requests per batch,
+    and aiohttp spends about a fifth of httpx's CPU on each (`bench/pipeline.py --scenario
+    cpu`). The session is opened on first use, inside the event loop that uses it.
+    """
 
     def __init__(
         self,
@@ -661,7 +737,6 @@ class AsyncBatchApiClient(_ClientCore):
         max_retries: int = 4,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         super().__init__(
             base_url,
@@ -672,7 +747,9 @@ class AsyncBatchApiClient(_ClientCore):
             backoff_base=backoff_base,
             backoff_max=backoff_max,
         )
-        self._http = httpx.AsyncClient(transport=transport, **self._client_options())
+        self._path_prefix = httpx.URL(self.base_url).path.rstrip("/")
+        self._http: aiohttp.ClientSession | None = None
+        self._proxy = _env_proxy(self.base_url)
 
     async def submit(self, lines: Iterable[LineInput] | LineInput) -> Batch:
         """Validate `lines`, then `POST /v1/batches`; returns the new Batch."""
@@ -708,7 +785,9 @@ class AsyncBatchApiClient(_ClientCore):
         return response.content
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
     async def __aenter__(self) -> Self:
         return self
@@ -721,6 +800,23 @@ class AsyncBatchApiClient(_ClientCore):
     ) -> None:
         await self.aclose()
 
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_EXPIRY_SECONDS
+                ),
+                # `connect` covers the wait for a pooled connection too: a timeout there means
+                # nothing was sent. `sock_read` bounds a silent server once the request is out.
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=self.timeout, sock_read=self.timeout
+                ),
+                trust_env=False,  # the proxy is found once, in __init__
+                cookie_jar=aiohttp.DummyCookieJar(),
+                raise_for_status=False,
+            )
+        return self._http
+
     async def _send(
         self,
         method: str,
@@ -729,16 +825,33 @@ class AsyncBatchApiClient(_ClientCore):
         body: bytes | None = None,
         *,
         retry_rate_limited: bool = True,
-    ) -> httpx.Response:
+    ) -> _Reply:
         headers = self._headers("application/jsonl" if body is not None else None)
+        url = self.base_url + path
+        operation = f"{method} {self._path_prefix}{path}"
         attempt = 0
         while True:
             cause: Exception | None = None
             try:
-                response = await self._http.request(method, path, content=body, headers=headers)
-            except httpx.TransportError as exc:
-                error = self._transport_error(exc, method, path, kind)
-                cause = None if isinstance(exc, httpx.LocalProtocolError) else exc
+                async with self._session().request(
+                    method,
+                    url,
+                    data=body,
+                    headers=headers,
+                    allow_redirects=False,
+                    proxy=self._proxy,
+                ) as answer:
+                    response = _Reply(
+                        answer.status,
+                        answer.headers,
+                        await answer.read(),
+                        operation,
+                        answer.reason or "",
+                    )
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                failure = _aiohttp_failure(exc)
+                error = self._transport_error(exc, failure, operation, kind)
+                cause = None if failure == "local" else exc
             else:
                 if response.is_success:
                     return response

@@ -16,9 +16,10 @@ so a night costs about one request per batch, or less, for its intents and ids t
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass
+
+import orjson
 
 from tasks.state import RunState
 
@@ -35,7 +36,7 @@ class Ledger:
     def __init__(self, state: RunState) -> None:
         self._state = state
         raw = state.read_ledger() if state.resumed else None
-        entries = json.loads(raw)["shards"] if raw else {}
+        entries = orjson.loads(raw)["shards"] if raw else {}
         self._entries: dict[str, LedgerEntry] = {
             shard_id: LedgerEntry(entry["group"], entry.get("batch_id"))
             for shard_id, entry in entries.items()
@@ -108,4 +109,4 @@ class Ledger:
             shard_id: {"group": entry.group, "batch_id": entry.batch_id}
             for shard_id, entry in self._entries.items()
         }
-        return json.dumps({"written_at": time.time(), "shards": shards}).encode()
+        return orjson.dumps({"written_at": time.time(), "shards": shards})

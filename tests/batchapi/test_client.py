@@ -316,6 +316,42 @@ def test_lost_submit_answer_is_not_retried(dropping_server: DroppingServer) -> N
         assert dropping_server.connections == 1 + 4
 
 
+def test_async_client_maps_transport_failures_like_the_sync_one(
+    dropping_server: DroppingServer,
+) -> None:
+    """The async client (aiohttp) and the sync one (httpx) type the same failures alike."""
+
+    async def scenario() -> tuple[BaseException, BaseException, BaseException]:
+        refused = AsyncBatchApiClient(
+            f"http://127.0.0.1:{closed_port()}", SECRET, max_retries=2, backoff_base=0.001
+        )
+        async with refused:
+            with pytest.raises(TransientApiError) as no_connection:
+                await refused.submit(mixed_lines(2))
+        async with AsyncBatchApiClient(
+            f"http://127.0.0.1:{dropping_server.port}", SECRET, max_retries=3, backoff_base=0.001
+        ) as client:
+            with pytest.raises(SubmitOutcomeUnknownError) as lost:
+                await client.submit(mixed_lines(2))
+            assert dropping_server.connections == 1
+            with pytest.raises(TransientApiError) as lost_get:
+                await client.get("batch_1")
+        return no_connection.value, lost.value, lost_get.value
+
+    no_connection, lost, lost_get = asyncio.run(scenario())
+    assert isinstance(no_connection, TransientApiError) and no_connection.retryable
+    assert not isinstance(no_connection, SubmitOutcomeUnknownError)
+    assert no_connection.attempts == 3 and "cannot connect" in str(no_connection)
+    assert isinstance(lost, TransientApiError) and not lost.retryable
+    assert "resubmit" in str(lost) and lost.operation == "POST /v1/batches"
+    # A GET is idempotent: the same failure is retried.
+    assert not isinstance(lost_get, SubmitOutcomeUnknownError) and lost_get.attempts == 4
+    # (aiohttp itself may try an idempotent GET once more on a dropped connection; never a POST.)
+    assert dropping_server.connections >= 1 + 4
+    for error in (no_connection, lost, lost_get):
+        assert SECRET not in str(error) and SECRET not in repr(error)
+
+
 def test_invalid_batch_costs_no_request() -> None:
     transport = CountingTransport()
     client = BatchApiClient(f"http://127.0.0.1:{closed_port()}", transport=transport)
