@@ -51,8 +51,8 @@ from batchapi.models import (
     BatchStatus,
     DecodeError,
     OutputLine,
-    decode_content,
 )
+from batchapi.registry import decode_content
 from tasks.ledger import Ledger
 from tasks.merge import results_for
 from tasks.shard import GroupLines, Shard, shard_payload, split_into_shards
