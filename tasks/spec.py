@@ -125,10 +125,17 @@ def _needs_items(info: FieldInfo) -> bool:
     return any(getattr(m, "min_length", 0) for m in info.metadata)
 
 
+def _public(model: type[BaseModel]) -> type[BaseModel]:
+    """A class made here, importable by its name (so that pickle, hence Dask, finds it)."""
+    globals()[model.__name__] = model
+    return model
+
+
 def _strict(model: type[BaseModel]) -> type[BaseModel]:
     """A nested model of the body as the form shows it: unknown fields refused."""
     config = ConfigDict(extra="forbid", title=model.__name__.lower())
-    return type(model.__name__, (model,), {"model_config": config, "__module__": __name__})
+    namespace = {"model_config": config, "__module__": __name__}
+    return _public(type(model.__name__, (model,), namespace))
 
 
 def _form_field(name: str, info: FieldInfo, example: dict[str, Any]) -> tuple[Any, FieldInfo]:
@@ -158,7 +165,7 @@ def _fields_model(spec: ModelSpec) -> type[_Fields]:
         **fields,
     )
     _EXAMPLES[model] = spec.example
-    return model
+    return _public(model)  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------- enrichments
@@ -193,20 +200,21 @@ class _Enrichment(BaseModel):
 
 
 def _enrichment_model(spec: ModelSpec, fields: type[_Fields]) -> type[_Enrichment]:
-    return create_model(  # type: ignore[call-overload, no-any-return]
+    model = create_model(  # type: ignore[call-overload]
         f"{spec.name.title()}Enrichment",
         __base__=(_Enrichment, fields),
         __module__=__name__,
         __config__=ConfigDict(title=f"{spec.name.title()}Enrichment"),
         model=(Literal[spec.name], spec.name),  # type: ignore[valid-type]
     )
+    return _public(model)  # type: ignore[return-value]
 
 
 FIELDS: dict[str, type[_Fields]] = {}
 ENRICHMENTS: dict[str, type[_Enrichment]] = {}
-for _spec in REGISTRY.values():
-    FIELDS[_spec.name] = _fields_model(_spec)
-    ENRICHMENTS[_spec.name] = _enrichment_model(_spec, FIELDS[_spec.name])
+for _model_spec in REGISTRY.values():
+    FIELDS[_model_spec.name] = _fields_model(_model_spec)
+    ENRICHMENTS[_model_spec.name] = _enrichment_model(_model_spec, FIELDS[_model_spec.name])
 
 MODELS = tuple(REGISTRY)
 Enrichment = Annotated[
