@@ -27,7 +27,6 @@ from pydantic import (
 )
 
 CHAT_COMPLETIONS_URL = "/v1/chat/completions"
-MODELS: tuple[str, ...] = ("extract", "summarize", "classify")
 
 # GAP: the batch docs give 20048 as the summarize default, a newer realtime page gives 2048.
 # Batch items are documented as 20048, so that is what an absent `max_tokens` means here.
@@ -82,29 +81,56 @@ class _Body(BaseModel):
         return value
 
 
-class ExtractBody(_Body):
-    model: Literal["extract"] = "extract"
+class ExtractParams(BaseModel):
+    """The extract body without its text (and `model`): what an enrichment sets once."""
+
     entities: dict[str, str] = Field(
-        min_length=1, description="Label -> plain-English description; labels become `type`."
+        min_length=1,
+        # Labels become each entity's `type`.
+        description="Entity label -> plain-English description, e.g. {'person': 'a person'}.",
     )
-    instruction: str | None = Field(default=None, description="Extra guidance (singular name).")
+    # Singular, where summarize has `instructions`: as the API names them.
+    instruction: str | None = Field(default=None, description="Extra guidance for extraction.")
 
 
-class SummarizeBody(_Body):
+class ExtractBody(ExtractParams, _Body):
+    model: Literal["extract"] = "extract"
+
+
+class SummarizeParams(BaseModel):
+    """The summarize body without its text (and `model`)."""
+
+    instructions: str | None = Field(
+        default=None, description="How to summarise, e.g. 'One sentence.'"
+    )
+    max_tokens: int = Field(
+        default=SUMMARIZE_DEFAULT_MAX_TOKENS, ge=1, description="Longest summary, in tokens."
+    )
+
+
+class SummarizeBody(SummarizeParams, _Body):
     model: Literal["summarize"] = "summarize"
-    instructions: str | None = Field(default=None, description="Extra rules (plural name).")
-    max_tokens: int = Field(default=SUMMARIZE_DEFAULT_MAX_TOKENS, ge=1)
 
 
 class Label(BaseModel):
-    name: str = Field(min_length=1)
-    rubric: str = Field(default="", description="A yes/no question meaning 'label applies'.")
+    """One candidate label of a classify request."""
+
+    name: str = Field(min_length=1, description="The label, as it appears in the output.")
+    rubric: str = Field(
+        default="", description="A yes/no question that is 'yes' when the label applies."
+    )
 
 
-class ClassifyBody(_Body):
-    model: Literal["classify"] = "classify"
-    labels: list[Label] = Field(min_length=1)
-    system_prompt: str | None = None
+class ClassifyParams(BaseModel):
+    """The classify body without its text (and `model`)."""
+
+    labels: list[Label] = Field(
+        min_length=1,
+        description="Candidate labels, each a name and a rubric (a yes/no question).",
+    )
+    system_prompt: str | None = Field(
+        default=None, description="Extra instructions for the classifier."
+    )
 
     @field_validator("labels")
     @classmethod
@@ -115,8 +141,16 @@ class ClassifyBody(_Body):
         return labels
 
 
-RequestBody = Annotated[ExtractBody | SummarizeBody | ClassifyBody, Field(discriminator="model")]
-BODY_ADAPTER: TypeAdapter[ExtractBody | SummarizeBody | ClassifyBody] = TypeAdapter(RequestBody)
+class ClassifyBody(ClassifyParams, _Body):
+    model: Literal["classify"] = "classify"
+
+
+# Every request body; the registry (`batchapi.registry`) says what else belongs to each model.
+AnyBody = ExtractBody | SummarizeBody | ClassifyBody
+BODIES: tuple[type[BaseModel], ...] = (ExtractBody, SummarizeBody, ClassifyBody)
+MODELS: tuple[str, ...] = tuple(body.model_fields["model"].default for body in BODIES)
+RequestBody = Annotated[AnyBody, Field(discriminator="model")]
+BODY_ADAPTER: TypeAdapter[AnyBody] = TypeAdapter(RequestBody)
 
 
 class RequestLine(BaseModel):
@@ -130,6 +164,34 @@ class RequestLine(BaseModel):
 
     def to_json(self) -> str:
         return self.model_dump_json(exclude_none=True)
+
+
+_ID_MARK = "\u0000custom_id\u0000"
+_TEXT_MARK = "\u0000text\u0000"
+
+
+class LineTemplate:
+    """The request lines of one body for many documents, serialised from `RequestLine` once.
+
+    A line is then the serialised line with its custom id and its text put in place:
+    `head + custom_id + middle + text as a JSON string + tail`, so the bytes are exactly the
+    model's, at the cost of two joins per line.
+    """
+
+    def __init__(self, body_type: type[BaseModel], params: Mapping[str, Any]) -> None:
+        body = body_type.model_validate({**params, "text": _TEXT_MARK})
+        dumped = RequestLine(custom_id=_ID_MARK, body=body).to_json()  # type: ignore[arg-type]
+        head, rest = dumped.split(json.dumps(_ID_MARK)[1:-1])
+        middle, tail = rest.split(json.dumps(_TEXT_MARK))
+        self._head, self._middle, self._tail = head.encode(), middle.encode(), tail.encode()
+
+    @staticmethod
+    def encode_text(text: str) -> bytes:
+        """The text as a JSON string, encoded once per document and shared by its lines."""
+        return json.dumps(text, ensure_ascii=False).encode("utf-8")
+
+    def line(self, custom_id: str, encoded_text: bytes) -> bytes:
+        return b"".join((self._head, custom_id.encode(), self._middle, encoded_text, self._tail))
 
 
 # --------------------------------------------------------------------------- batch object
@@ -354,11 +416,6 @@ class ClassifyResult(BaseModel):
 
 
 DomainResult = ExtractResult | SummarizeResult | ClassifyResult
-RESULT_MODELS: dict[str, type[BaseModel]] = {
-    "extract": ExtractResult,
-    "summarize": SummarizeResult,
-    "classify": ClassifyResult,
-}
 
 
 # What a results store keeps of each domain result: the fields an enriched dataset is built
@@ -391,13 +448,6 @@ class StoredClassification(BaseModel):
 
     top_label: str
     scores: dict[str, float]
-
-
-STORED_RESULT_MODELS: dict[str, type[BaseModel]] = {
-    "extract": StoredExtract,
-    "summarize": StoredSummary,
-    "classify": StoredClassification,
-}
 
 
 # --------------------------------------------------------------------------- output lines
@@ -507,27 +557,11 @@ class OutputLine(BaseModel):
         """
         if self.response is None:
             raise DecodeError(f"line {self.custom_id!r} has no response")
+        from batchapi.registry import decode_content  # the registry imports this module
+
         name = model or self.response.body.model
-        return decode_content(self.custom_id, name, self.response.body.choices[0].message.content)
-
-
-def decode_content(
-    custom_id: str, model: str, content: str | bytes, stored: bool = False
-) -> BaseModel:
-    """`choices[0].message.content` as the domain result of `model` (or, with `stored`, the
-    part of it a results store keeps), in one validating parse.
-
-    Raises DecodeError when the content is not JSON or does not fit the model.
-    """
-    result_model = (STORED_RESULT_MODELS if stored else RESULT_MODELS).get(model)
-    if result_model is None:
-        raise DecodeError(f"line {custom_id!r}: unknown model {model!r}")
-    try:
-        return result_model.model_validate_json(content)  # type: ignore[return-value]
-    except ValueError as exc:
-        raise DecodeError(
-            f"line {custom_id!r}: content is not a valid {model} result: {exc}"
-        ) from exc
+        content = self.response.body.choices[0].message.content
+        return decode_content(self.custom_id, name, content)  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- JSONL helpers

@@ -1,10 +1,13 @@
-"""The `BatchApi` block: where the Batch API is, its key, and its limits (as data)."""
+"""The `BatchApi` block: where the Batch API is, its key, and its limits (as data).
+
+It is the one settings object of an API: the run's limits and its client are built here."""
 
 from __future__ import annotations
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
 
+from batchapi.client import AsyncBatchApiClient
 from batchapi.models import BatchLimits
 
 
@@ -68,5 +71,18 @@ class BatchApi(Block):
         # The client adds /v1/...; accept the versioned URL people copy from the API docs.
         return value.removesuffix("/v1")
 
-    def limits(self) -> BatchLimits:
-        return BatchLimits(max_lines=self.max_lines_per_batch, max_bytes=self.max_bytes_per_batch)
+    def limits(self, shard_size: int | None = None) -> BatchLimits:
+        """The limits of one batch; `shard_size` asks for fewer lines, never for more."""
+        lines = self.max_lines_per_batch
+        return BatchLimits(
+            max_lines=min(shard_size or lines, lines), max_bytes=self.max_bytes_per_batch
+        )
+
+    def client(self) -> AsyncBatchApiClient:
+        """An async client of this API; the key stays a `SecretStr` until it is a header."""
+        return AsyncBatchApiClient(
+            self.base_url,
+            self.api_key,
+            timeout=self.request_timeout_seconds,
+            limits=self.limits(),
+        )

@@ -8,8 +8,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,11 +19,14 @@ from dataclasses import dataclass
 from pydantic import SecretStr
 
 from blocks.batch_api import BatchApi
-from tasks.batch import ApiSettings
+from tasks.state import digest, state_root
+from tasks.storage import StorageSettings, filesystem, is_local
 
 EMBEDDED = "embedded"
 EMBEDDED_LABEL = "embedded-emulator (heuristic engine)"
 API_KEY_ENV = "BATCH_API_KEY"
+# The embedded emulator's database: kept until the run succeeds, so a rerun can resume.
+EMBEDDED_DB = "embedded-emulator.sqlite"
 
 
 class BackendError(ValueError):
@@ -30,20 +35,12 @@ class BackendError(ValueError):
 
 @dataclass(frozen=True)
 class Backend:
-    api: ApiSettings
-    label: str  # provenance: "embedded-emulator (heuristic)" or the base URL
-    poll_interval_seconds: float
-    block: BatchApi | None = None
+    api: BatchApi  # where the API is, its key and limits: it builds the client
+    label: str  # provenance: "embedded-emulator (heuristic engine)" or the base URL
 
-
-def _settings(block: BatchApi, key: SecretStr | None) -> ApiSettings:
-    return ApiSettings(
-        base_url=block.base_url,
-        api_key=key,
-        timeout_seconds=block.request_timeout_seconds,
-        max_lines=block.max_lines_per_batch,
-        max_bytes=block.max_bytes_per_batch,
-    )
+    @property
+    def poll_interval_seconds(self) -> float:
+        return self.api.poll_interval_seconds
 
 
 def api_block(batch_api: str) -> BatchApi:
@@ -77,34 +74,54 @@ def backend_label(batch_api: str, block: BatchApi) -> str:
     return EMBEDDED_LABEL if batch_api == EMBEDDED else block.base_url
 
 
+def embedded_db_path(destination: str, settings: StorageSettings | None = None) -> str:
+    """Where the embedded emulator keeps its batches for a run on `destination`: with the
+    run's working state for a local destination, else in the temporary directory."""
+    fs, root = filesystem(destination, settings)
+    if is_local(fs):
+        folder = state_root(root)
+    else:
+        folder = os.path.join(tempfile.gettempdir(), f"batch-enrich-{digest(root)}")
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, EMBEDDED_DB)
+
+
+def _remove_database(path: str) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path + suffix)
+
+
 @contextmanager
 def resolve_backend(
-    batch_api: str, embedded_db: str | None = None, block: BatchApi | None = None
+    batch_api: str,
+    destination: str,
+    settings: StorageSettings | None = None,
+    block: BatchApi | None = None,
 ) -> Iterator[Backend]:
-    """`embedded_db` keeps the embedded emulator's batches on disk, so a rerun after a crash
-    finds the batches the crashed run submitted. `block` is the named block when the caller
-    has loaded it already (`api_block`)."""
+    """The API of a run on `destination`. `block` is the named block when the caller has
+    loaded it already (`api_block`).
+
+    The embedded emulator keeps its batches on disk (`embedded_db_path`) until the run
+    succeeds, that is until the `with` block ends without an exception: a rerun after a crash
+    then finds the batches the crashed run submitted."""
     if batch_api == EMBEDDED:
         from batchapi.emulator.runner import emulator_process
 
         key = SecretStr(secrets.token_urlsafe(24))
+        database = embedded_db_path(destination, settings)
         # A child process: the engine and its HTTP server get their own interpreter lock.
         with emulator_process(
-            api_key=key.get_secret_value(), db_path=embedded_db, workers=embedded_workers()
+            api_key=key.get_secret_value(), db_path=database, workers=embedded_workers()
         ) as emulator:
-            block = BatchApi(
-                base_url=emulator.base_url,
-                api_key=key,
-                poll_interval_seconds=0.5,
-            )
-            yield Backend(_settings(block, key), backend_label(batch_api, block), 0.5, block)
+            block = BatchApi(base_url=emulator.base_url, api_key=key, poll_interval_seconds=0.5)
+            yield Backend(block, backend_label(batch_api, block))
+        _remove_database(database)
         return
     if batch_api.startswith(("http://", "https://")):
         raw = os.environ.get(API_KEY_ENV)
         block = BatchApi(base_url=batch_api.rstrip("/"), api_key=SecretStr(raw) if raw else None)
-        yield Backend(_settings(block, block.api_key), block.base_url, 5.0, block)
+        yield Backend(block, block.base_url)
         return
     block = block or load_block(batch_api)
-    yield Backend(
-        _settings(block, block.api_key), block.base_url, block.poll_interval_seconds, block
-    )
+    yield Backend(block, block.base_url)

@@ -34,7 +34,6 @@ import orjson
 import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from pydantic import SecretStr
 
 from batchapi.client import (
     AsyncBatchApiClient,
@@ -51,8 +50,9 @@ from batchapi.models import (
     BatchStatus,
     DecodeError,
     OutputLine,
-    decode_content,
 )
+from batchapi.registry import decode_content
+from blocks.batch_api import BatchApi
 from tasks.ledger import Ledger
 from tasks.merge import results_for
 from tasks.shard import GroupLines, Shard, shard_payload, split_into_shards
@@ -92,31 +92,6 @@ class BatchWaitTimeout(Exception):
 
 class ApiUnreachableError(TerminalApiError):
     """No request to the API has succeeded in this run and connections keep failing."""
-
-
-@dataclass(frozen=True)
-class ApiSettings:
-    """What a task needs to reach the API; picklable, so tasks can run on other processes.
-
-    The key stays a `SecretStr` until the client puts it in a header."""
-
-    base_url: str
-    api_key: SecretStr | None = field(default=None, repr=False)
-    timeout_seconds: float = 30.0
-    max_lines: int = 50
-    max_bytes: int = 10_000_000
-
-    def __repr__(self) -> str:
-        return f"ApiSettings(base_url={self.base_url!r}, api_key='********')"
-
-    @property
-    def limits(self) -> BatchLimits:
-        return BatchLimits(max_lines=self.max_lines, max_bytes=self.max_bytes)
-
-    def client(self) -> AsyncBatchApiClient:
-        return AsyncBatchApiClient(
-            self.base_url, self.api_key, timeout=self.timeout_seconds, limits=self.limits
-        )
 
 
 @dataclass(frozen=True)
@@ -327,7 +302,7 @@ class BatchEngine:
     def __init__(
         self,
         ledger: Ledger,
-        api: ApiSettings,
+        api: BatchApi,
         options: EngineOptions,
     ) -> None:
         self.ledger = ledger

@@ -16,34 +16,12 @@ from prefect.cache_policies import NO_CACHE
 from tasks.read import READ_ERROR_COLUMN
 from tasks.shard import GroupLines
 from tasks.sinks.parquet import OUTPUT_FILE, ROW_GROUP_ROWS
-from tasks.spec import ClassifyEnrichment, Enrichment, ExtractEnrichment, SummarizeEnrichment
+from tasks.spec import Enrichment
 from tasks.state import RESULT_SCHEMA
 
 __all__ = ["OUTPUT_FILE", "ROW_GROUP_ROWS", "merge_group", "output_schema", "results_for"]
 
-ENTITY_TYPE = pa.struct(
-    [
-        ("text", pa.string()),
-        ("type", pa.string()),
-        ("confidence", pa.float64()),
-        ("start", pa.int64()),
-        ("end", pa.int64()),
-    ]
-)
-ENTITIES_TYPE = pa.list_(ENTITY_TYPE)
-SCORES_TYPE = pa.map_(pa.string(), pa.float64())
 NO_RESULT_ERROR = "no result was recorded for this line"
-
-
-def enrichment_fields(enrichment: Enrichment) -> list[pa.Field]:
-    name = enrichment.name
-    if isinstance(enrichment, ExtractEnrichment):
-        fields = [pa.field(name, ENTITIES_TYPE)]
-    elif isinstance(enrichment, SummarizeEnrichment):
-        fields = [pa.field(name, pa.string())]
-    else:
-        fields = [pa.field(name, pa.string()), pa.field(f"{name}_scores", SCORES_TYPE)]
-    return [*fields, pa.field(f"{name}_error", pa.string())]
 
 
 def output_schema(
@@ -51,19 +29,8 @@ def output_schema(
 ) -> pa.Schema:
     fields = [f for f in source_schema if f.name != READ_ERROR_COLUMN]
     for enrichment in enrichments:
-        fields.extend(enrichment_fields(enrichment))
+        fields.extend(enrichment.arrow_fields())
     return pa.schema(fields, metadata=metadata)
-
-
-def _result_schema(enrichment: Enrichment) -> pa.Schema:
-    """The fields of a domain result that reach the output (others are ignored)."""
-    if isinstance(enrichment, ExtractEnrichment):
-        return pa.schema([("entities", ENTITIES_TYPE)])
-    if isinstance(enrichment, SummarizeEnrichment):
-        return pa.schema([("summary", pa.string())])
-    assert isinstance(enrichment, ClassifyEnrichment)
-    scores = pa.struct([(label.name, pa.float64()) for label in enrichment.labels])
-    return pa.schema([("top_label", pa.string()), ("scores", scores)])
 
 
 def _parse(results: pa.Array | pa.ChunkedArray, schema: pa.Schema) -> pa.Table:
@@ -94,31 +61,10 @@ def _parse(results: pa.Array | pa.ChunkedArray, schema: pa.Schema) -> pa.Table:
     return parsed.take(pa.array(positions, pa.int64(), mask=~flags))
 
 
-def _scores_map(scores: pa.ChunkedArray, labels: list[str]) -> pa.Array:
-    """struct<label: double, ...> -> map<string, double>, keeping null rows null."""
-    struct = scores.combine_chunks()
-    rows, width = len(struct), len(labels)
-    items = np.empty(rows * width, dtype=np.float64)
-    for column, _ in enumerate(labels):
-        items[column::width] = struct.field(column).to_numpy(zero_copy_only=False)
-    offsets = pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32))
-    mapped = pa.MapArray.from_arrays(
-        offsets, pa.array(labels * rows, pa.string()), pa.array(items), type=SCORES_TYPE
-    )
-    if struct.null_count:
-        mapped = pc.if_else(pc.is_valid(struct), mapped, pa.nulls(rows, SCORES_TYPE))
-    return mapped
-
-
 def _values(enrichment: Enrichment, results: pa.ChunkedArray) -> list[pa.Array]:
-    parsed = _parse(results, _result_schema(enrichment))
-    if isinstance(enrichment, ExtractEnrichment):
-        return [parsed.column("entities")]
-    if isinstance(enrichment, SummarizeEnrichment):
-        return [parsed.column("summary")]
-    assert isinstance(enrichment, ClassifyEnrichment)
-    labels = [label.name for label in enrichment.labels]
-    return [parsed.column("top_label"), _scores_map(parsed.column("scores"), labels)]
+    """The enrichment's columns (`name_error` aside) from its stored results, as JSON."""
+    spec = enrichment.spec
+    return spec.columns(_parse(results, spec.stored_schema(enrichment)), enrichment)
 
 
 @task(name="merge-group", cache_policy=NO_CACHE)
@@ -149,7 +95,7 @@ def merge_group(
         result = part.column("result")
         missing = pc.and_(pc.is_null(result), pc.is_null(part.column("error")))
         error = pc.if_else(missing, pa.scalar(NO_RESULT_ERROR), part.column("error"))
-        names = [f.name for f in enrichment_fields(enrichment)]
+        names = enrichment.columns
         for name, values in zip(names, [*_values(enrichment, result), error], strict=True):
             columns[name] = values
     return pa.table(columns).select(schema.names).cast(schema)

@@ -13,10 +13,10 @@ import os
 import posixpath
 import re
 
-from tasks.read import _has_glob, _visible
 from tasks.sinks import check_destination
 from tasks.sinks.base import DELTA_LOG
 from tasks.sinks.parquet import OUTPUT_FILE
+from tasks.sources.base import has_glob, visible
 from tasks.state import LEGACY_STATE_FOLDER, DestinationPathError, state_root
 from tasks.storage import StorageSettings, filesystem, is_local, join
 
@@ -102,7 +102,7 @@ def check_source_and_destination(
         return
     state = state_root(dst_path)
     shown_dst = f"{dst_prefix}{dst_path}"
-    if _has_glob(src_path):
+    if has_glob(src_path):
         fixed = src_path[: min(src_path.find(c) for c in "*?[" if c in src_path)]
         glob_root = fixed.rsplit("/", 1)[0]
         if _inside(glob_root, dst_path) or _inside(glob_root, state):
@@ -116,7 +116,7 @@ def check_source_and_destination(
         probes = [join(dst_path, p) for p in _DESTINATION_PROBES]
         probes += [join(state, p) for p in _STATE_PROBES]
         for probe in probes:
-            if regex.match(probe) and _visible(probe, glob_root):
+            if regex.match(probe) and visible(probe, glob_root):
                 raise PathOverlapError(
                     f"source glob {source!r} would read the destination {shown_dst!r} (it "
                     f"matches {dst_prefix}{probe}): the next run would enrich its own "

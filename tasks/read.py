@@ -1,4 +1,4 @@
-"""Read documents: Parquet (file, folder or glob; local or `s3://`) or a prefix of text objects.
+"""Read documents from a source (`tasks.sources`: Parquet files, text objects), in groups.
 
 Everything is streamed in record batches: the source is never loaded whole. `validate_source`
 makes one pass over the id column only, so bad input is refused before anything is paid for.
@@ -6,258 +6,35 @@ makes one pass over the id column only, so bad input is refused before anything 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
-import posixpath
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.storage import StorageSettings, filesystem, is_local
+from tasks.sources import READ_ERROR_COLUMN, Source, SourceError, resolve_source
+from tasks.storage import StorageSettings
 
-TEXT_SUFFIXES = (".txt", ".md", ".json")
-# Per-row problems found while reading (e.g. an object that is not UTF-8). The merge turns
-# it into each enrichment's error; it never reaches the output dataset.
-READ_ERROR_COLUMN = "__read_error"
-_SCAN_BATCH_ROWS = 8_192
-
-
-class SourceError(ValueError):
-    """The source cannot be enriched as given; the message says what to fix."""
-
-
-@dataclass(frozen=True)
-class Source:
-    """A resolved source: which files, of which kind, and the columns to use."""
-
-    url: str
-    kind: str  # "parquet" or "text"
-    paths: tuple[str, ...]
-    id_column: str
-    text_column: str
-    settings: StorageSettings | None = field(default=None, repr=False)
-    columns: tuple[str, ...] = ()
-    num_rows: int = 0
-    # The folder the paths are found under: local text objects get ids relative to it.
-    root: str = ""
-    # The schema every file is read as (Parquet only); found by `validate_source`.
-    schema: pa.Schema | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def filesystem(self):
-        return filesystem(self.url, self.settings)[0]
-
-
-def _has_glob(path: str) -> bool:
-    return any(char in path for char in "*?[")
-
-
-def _visible(path: str, root: str) -> bool:
-    """pyarrow's discovery rule: skip any path part starting with '_' or '.'."""
-    relative = posixpath.relpath(path, root) if path != root else posixpath.basename(path)
-    return not any(part.startswith(("_", ".")) for part in relative.split("/"))
-
-
-def resolve_source(
-    url: str,
-    id_column: str = "id",
-    text_column: str = "text",
-    settings: StorageSettings | None = None,
-) -> Source:
-    """Find the files behind `url` and decide whether they are Parquet or text objects."""
-    fs, path = filesystem(url, settings)
-    try:
-        if _has_glob(path):
-            files = sorted(p for p in fs.glob(path) if fs.isfile(p))
-            fixed = path[: min(path.find(c) for c in "*?[" if c in path)]
-            root = fixed.rsplit("/", 1)[0]
-        elif fs.isdir(path):
-            files = sorted(fs.find(path))
-            root = path
-        elif fs.isfile(path):
-            files, root = [path], posixpath.dirname(path)
-        else:
-            raise SourceError(
-                f"source {url!r} does not exist: give a Parquet file, folder or glob, "
-                "or an s3://bucket/prefix/ of .txt/.md/.json objects"
-            )
-    except PermissionError as exc:
-        raise SourceError(
-            f"source {url!r} cannot be listed: {exc}; check the credentials"
-        ) from None
-    files = [f for f in files if _visible(f, root)]
-    parquet = [f for f in files if f.endswith((".parquet", ".parq", ".pq"))]
-    texts = [f for f in files if f.endswith(TEXT_SUFFIXES)]
-    if parquet:
-        return Source(url, "parquet", tuple(parquet), id_column, text_column, settings, root=root)
-    if texts:
-        return Source(url, "text", tuple(texts), id_column, text_column, settings, root=root)
-    raise SourceError(
-        f"source {url!r} is empty: it holds no Parquet files and no .txt/.md/.json objects"
-    )
-
-
-def _object_id(source: Source, path: str) -> str:
-    """An object's id: on S3 its key (without the bucket); locally its path under the folder.
-
-    Local ids are relative so that moving or renaming the folder keeps every document's id,
-    and with it what an incremental run carries over.
-    """
-    if source.url.startswith(("s3://", "s3a://")):
-        return path.split("/", 1)[1] if "/" in path else path
-    if source.root:
-        return posixpath.relpath(path, source.root)
-    return path
-
-
-def _decode_text_object(source: Source, path: str, data: bytes) -> tuple[str | None, str | None]:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return None, (
-            f"object {_object_id(source, path)!r} is not valid UTF-8 "
-            f"(byte 0x{data[exc.start]:02x} at offset {exc.start}); re-encode it as UTF-8"
-        )
-    if path.endswith(".json"):
-        # A JSON object with the text column is read as that field; anything else as raw text.
-        try:
-            parsed = json.loads(text)
-        except json.JSONDecodeError:
-            return text, None
-        if isinstance(parsed, dict) and isinstance(parsed.get(source.text_column), str):
-            return parsed[source.text_column], None
-    return text, None
-
-
-def _text_batches(source: Source, columns: list[str] | None) -> Iterator[pa.RecordBatch]:
-    fs = source.filesystem
-    for start in range(0, len(source.paths), 256):
-        chunk = source.paths[start : start + 256]
-        ids = [_object_id(source, p) for p in chunk]
-        if columns == [source.id_column]:
-            yield pa.record_batch({source.id_column: pa.array(ids, pa.string())})
-            continue
-        contents = fs.cat(list(chunk))
-        texts, errors = [], []
-        for path in chunk:
-            text, error = _decode_text_object(source, path, contents[path])
-            texts.append(text)
-            errors.append(error)
-        yield pa.record_batch(
-            {
-                source.id_column: pa.array(ids, pa.string()),
-                source.text_column: pa.array(texts, pa.string()),
-                READ_ERROR_COLUMN: pa.array(errors, pa.string()),
-            }
-        )
-
-
-@contextlib.contextmanager
-def _parquet_file(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[pq.ParquetFile]:
-    """One file of the source, its handle closed however the reader stops.
-
-    Without pre-buffering, `iter_batches` decodes page by page, so even a file written as one
-    huge row group is never held whole in memory.
-    """
-    if is_local(fs):
-        yield pq.ParquetFile(path, pre_buffer=False)
-        return
-    with fs.open(path, "rb") as handle:
-        yield pq.ParquetFile(handle, pre_buffer=False)
-
-
-def source_schema(source: Source) -> pa.Schema:
-    """The schema all Parquet files of the source are read as.
-
-    Files may differ in column order, lack a column or hold a wider type (int32 and int64,
-    string and large_string): their schemas are unified with Arrow's permissive promotion and
-    every batch is cast to the result. Only each file's footer is read.
-    """
-    if source.schema is not None:
-        return source.schema
-    fs = source.filesystem
-    unified: pa.Schema | None = None
-    first_seen: dict[str, str] = {}
-    for path in source.paths:
-        try:
-            with _parquet_file(fs, path) as reader:
-                schema = reader.schema_arrow.remove_metadata()
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise SourceError(
-                f"{_object_id(source, path)!r} in source {source.url!r} is not readable "
-                f"Parquet: {exc}"
-            ) from None
-        if unified is None:
-            unified = schema
-        else:
-            try:
-                unified = pa.unify_schemas([unified, schema], promote_options="permissive")
-            except (pa.ArrowTypeError, pa.ArrowInvalid):
-                raise _type_conflict(source, unified, schema, first_seen, path) from None
-        for name in schema.names:
-            first_seen.setdefault(name, path)
-    assert unified is not None  # resolve_source never returns a Parquet source without files
-    return unified
-
-
-def _type_conflict(
-    source: Source,
-    unified: pa.Schema,
-    schema: pa.Schema,
-    first_seen: dict[str, str],
-    path: str,
-) -> SourceError:
-    for name in schema.names:
-        if name not in unified.names:
-            continue
-        before, now = unified.field(name), schema.field(name)
-        try:
-            pa.unify_schemas([pa.schema([before]), pa.schema([now])], promote_options="permissive")
-        except (pa.ArrowTypeError, pa.ArrowInvalid):
-            return SourceError(
-                f"column {name!r} is {now.type} in {_object_id(source, path)!r} but "
-                f"{before.type} in the files before it (first in "
-                f"{_object_id(source, first_seen[name])!r}); the files of one source must agree "
-                "on each column's type or differ only in width (int32 and int64, string and "
-                "large_string). Rewrite the odd files with one type for the column, or point "
-                "`source` at files that agree."
-            )
-    return SourceError(f"the files of source {source.url!r} have schemas that cannot be unified")
+__all__ = [
+    "READ_ERROR_COLUMN",
+    "Source",
+    "SourceError",
+    "iter_groups",
+    "iter_record_batches",
+    "resolve_source",
+    "validate_source",
+]
 
 
 def iter_record_batches(
     source: Source, columns: list[str] | None = None
 ) -> Iterator[pa.RecordBatch]:
-    """Stream the source in its stable order (files sorted by path, rows in file order)."""
-    if source.kind == "text":
-        yield from _text_batches(source, columns)
-        return
-    schema = source_schema(source)
-    names = columns or schema.names
-    target = pa.schema([schema.field(n) for n in names])
-    fs = source.filesystem
-    for path in source.paths:
-        with _parquet_file(fs, path) as reader:
-            present = [n for n in names if n in reader.schema_arrow.names]
-            for batch in reader.iter_batches(batch_size=_SCAN_BATCH_ROWS, columns=present):
-                # Files of one source may differ in column order, types or lack a column.
-                yield pa.RecordBatch.from_arrays(
-                    [
-                        batch.column(n).cast(field.type)
-                        if n in present
-                        else pa.nulls(batch.num_rows, field.type)
-                        for n, field in zip(names, target, strict=True)
-                    ],
-                    schema=target,
-                )
+    """Stream the source in its stable order (e.g. files sorted by path, rows in file order)."""
+    return source.batches(columns)
 
 
 def iter_groups(source: Source, group_size: int) -> Iterator[pa.Table]:
@@ -274,12 +51,6 @@ def iter_groups(source: Source, group_size: int) -> Iterator[pa.Table]:
             pending, pending_rows = rest.to_batches(), rest.num_rows
     if pending_rows:
         yield pa.Table.from_batches(pending).combine_chunks()
-
-
-def _schema(source: Source) -> pa.Schema:
-    if source.kind == "text":
-        return pa.schema([(source.id_column, pa.string()), (source.text_column, pa.string())])
-    return source_schema(source)
 
 
 def _check_columns(source: Source, schema: pa.Schema) -> None:
@@ -338,10 +109,8 @@ def validate_source(
     text columns exist, ids are non-null and unique, and no source column collides with a
     column the enrichments will add.
     """
-    source = resolve_source(url, id_column, text_column, settings)
-    schema = _schema(source)
-    if source.kind == "parquet":
-        source = replace(source, schema=schema)
+    source = resolve_source(url, id_column, text_column, settings).checked()
+    schema = source.schema()
     _check_columns(source, schema)
     clashes = sorted(set(reserved_columns or ()) & set(schema.names))
     if clashes:

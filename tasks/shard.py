@@ -9,14 +9,13 @@ very same shards and reattaches to their batches instead of submitting them agai
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
-from batchapi.models import CHAT_COMPLETIONS_URL, BatchLimits
+from batchapi.models import BatchLimits, LineTemplate
 from tasks.read import READ_ERROR_COLUMN
 from tasks.spec import Enrichment
 from tasks.state import digest
@@ -86,7 +85,7 @@ def build_group_lines(
         if READ_ERROR_COLUMN in group.column_names
         else [None] * len(ids)
     )
-    templates = [(e, e.spec_hash(), *_line_template(e)) for e in enrichments]
+    templates = [(e, e.spec_hash(), LineTemplate(e.spec.body, e.params())) for e in enrichments]
     custom_ids: list[str] = []
     rows: list[int] = []
     names: list[str] = []
@@ -94,8 +93,8 @@ def build_group_lines(
     known: dict[str, dict[str, Any]] = {}
     for row, (doc_id, text, read_error) in enumerate(zip(ids, texts, read_errors, strict=True)):
         # The text is escaped and encoded once per document, not once per enrichment.
-        encoded = json.dumps(text, ensure_ascii=False).encode("utf-8") if text else b""
-        for enrichment, spec, head, middle, tail in templates:
+        encoded = LineTemplate.encode_text(text) if text else b""
+        for enrichment, spec, template in templates:
             custom_id = custom_id_for(doc_id, enrichment, text or "", spec)
             custom_ids.append(custom_id)
             rows.append(row)
@@ -110,7 +109,7 @@ def build_group_lines(
                     "attempts": 0,
                 }
                 continue
-            requests[custom_id] = b"".join((head, custom_id.encode(), middle, encoded, tail))
+            requests[custom_id] = template.line(custom_id, encoded)
     lines = pa.table(
         {
             "custom_id": pa.array(custom_ids, pa.string()),
@@ -119,21 +118,6 @@ def build_group_lines(
         }
     )
     return GroupLines(index, digest(*custom_ids), lines, requests, known)
-
-
-_ID_MARK = "\u0000custom_id\u0000"
-_TEXT_MARK = "\u0000text\u0000"
-
-
-def _line_template(enrichment: Enrichment) -> tuple[bytes, bytes, bytes]:
-    """A request line of `enrichment` cut around its custom id and text, serialised from the
-    wire model once: a line is then head + custom_id + middle + JSON text + tail."""
-    body = enrichment.request_body(_TEXT_MARK).model_dump(mode="json", exclude_none=True)
-    line = {"custom_id": _ID_MARK, "method": "POST", "url": CHAT_COMPLETIONS_URL, "body": body}
-    dumped = json.dumps(line, ensure_ascii=False, separators=(",", ":"))
-    head, rest = dumped.split(json.dumps(_ID_MARK)[1:-1])
-    middle, tail = rest.split(json.dumps(_TEXT_MARK))
-    return head.encode(), middle.encode(), tail.encode()
 
 
 def split_into_shards(

@@ -1,7 +1,8 @@
 """What the user asks for: the enrichments of a job, typed so the Prefect UI renders a form.
 
-Each enrichment has a `name` (it becomes the output column) and the same fields as the Batch
-API body of its `model`; `request_body` turns it into that body for one document.
+Each enrichment is a `name` (it becomes the output column) plus the Batch API body of its
+`model` without the text: the enrichment classes and the form are built from the model
+registry (`batchapi.registry`), so the fields, their constraints and validators are the body's.
 
 A job gives its enrichments in either of two shapes, which `parse_enrichments` reads alike:
 
@@ -22,8 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any, Literal
+from copy import copy
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+import pyarrow as pa
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -31,20 +34,16 @@ from pydantic import (
     Field,
     TypeAdapter,
     WithJsonSchema,
-    field_validator,
+    create_model,
+    model_validator,
 )
+from pydantic.fields import FieldInfo
 
-from batchapi.models import (
-    SUMMARIZE_DEFAULT_MAX_TOKENS,
-    ClassifyBody,
-    ExtractBody,
-    Label,
-    SummarizeBody,
-)
+from batchapi.registry import REGISTRY, ModelSpec
 
-# Output columns are `name`, `name_error` and (classify) `name_scores`; keep names plain.
+# Output columns are `name`, `name_error` and what the model adds (`name_scores`, ...); keep
+# names plain.
 _NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,47}$"
-MODELS = ("extract", "summarize", "classify")
 
 
 def described(description: str, **constraints: Any) -> Any:
@@ -87,24 +86,10 @@ OptionalSeconds = Annotated[
 ]
 
 
-class ClassLabel(BaseModel):
-    """One candidate label of a classify enrichment."""
-
-    model_config = ConfigDict(extra="forbid", title="label")
-
-    name: str = Field(min_length=1, description="The label, as it appears in the output.")
-    rubric: str = Field(
-        default="", description="A yes/no question that is 'yes' when the label applies."
-    )
-
-
 def _item(fields: type[BaseModel], example: dict[str, Any]) -> Any:
     """A list item whose schema carries `example` as its default, so that the form's "Add
     item" starts from a valid item rather than from an empty one."""
     return Annotated[fields, Field(json_schema_extra={"default": example})]
-
-
-LabelItem = _item(ClassLabel, {"name": "other", "rubric": "Is it about anything else?"})
 
 
 # ---------------------------------------------------------------------------- fields
@@ -118,58 +103,69 @@ class _Fields(BaseModel):
         description="Output column name (letters, digits, underscore; at most 48 characters).",
     )
 
-
-class ExtractFields(_Fields):
-    model_config = ConfigDict(title="extract")
-
-    entities: dict[str, str] = Field(
-        description="Entity label -> plain-English description, e.g. {'person': 'a person'}."
-    )
-    instruction: OptionalText = Field(default=None, description="Extra guidance for extraction.")
-
-    @field_validator("entities")
+    @model_validator(mode="before")
     @classmethod
-    def _some_entities(cls, value: dict[str, str]) -> dict[str, str]:
-        if not value:
-            raise ValueError(
-                "entities is empty: give at least one label, e.g. {'person': 'a person name'}"
-            )
-        return value
+    def _nothing_empty(cls, data: Any) -> Any:
+        # The body's lists and maps need an item; say so with one that works.
+        if isinstance(data, dict):
+            example = next(_EXAMPLES[k] for k in cls.__mro__ if k in _EXAMPLES)
+            for field, info in cls.model_fields.items():
+                value = data.get(field)
+                if _needs_items(info) and isinstance(value, list | dict) and not value:
+                    raise ValueError(
+                        f"{field} is empty: give at least one, e.g. {example[field]!r}"
+                    )
+        return data
 
 
-class SummarizeFields(_Fields):
-    model_config = ConfigDict(title="summarize")
+_EXAMPLES: dict[type, dict[str, Any]] = {}
 
-    instructions: OptionalText = Field(
-        default=None, description="How to summarise, e.g. 'One sentence.'"
+
+def _needs_items(info: FieldInfo) -> bool:
+    return any(getattr(m, "min_length", 0) for m in info.metadata)
+
+
+def _public(model: type[BaseModel]) -> type[BaseModel]:
+    """A class made here, importable by its name (so that pickle, hence Dask, finds it)."""
+    globals()[model.__name__] = model
+    return model
+
+
+def _strict(model: type[BaseModel]) -> type[BaseModel]:
+    """A nested model of the body as the form shows it: unknown fields refused."""
+    config = ConfigDict(extra="forbid", title=model.__name__.lower())
+    namespace = {"model_config": config, "__module__": __name__}
+    return _public(type(model.__name__, (model,), namespace))
+
+
+def _form_field(name: str, info: FieldInfo, example: dict[str, Any]) -> tuple[Any, FieldInfo]:
+    """A body field as an enrichment has it: optional text is a plain input (blank is None),
+    and a list of objects starts "Add item" from the example's last item."""
+    annotation = info.annotation
+    if annotation == str | None:
+        return OptionalText, Field(default=None, description=info.description)
+    item = get_args(annotation)[0] if get_origin(annotation) is list else None
+    if isinstance(item, type) and issubclass(item, BaseModel):
+        annotation = list[_item(_strict(item), example[name][-1])]  # type: ignore[misc]
+    return annotation, copy(info)
+
+
+def _fields_model(spec: ModelSpec) -> type[_Fields]:
+    """`name` plus the model's request body without its text: one item of the form's list."""
+    fields = {
+        name: _form_field(name, info, spec.example)
+        for name, info in spec.params.model_fields.items()
+    }
+    model: type[_Fields] = create_model(  # type: ignore[call-overload]
+        f"{spec.name.title()}Fields",
+        # The body's fields after `name` (fields come in reverse order of the bases).
+        __base__=(spec.params, _Fields),
+        __module__=__name__,
+        __config__=ConfigDict(extra="forbid", title=spec.name),
+        **fields,
     )
-    max_tokens: int = Field(
-        default=SUMMARIZE_DEFAULT_MAX_TOKENS, ge=1, description="Longest summary, in tokens."
-    )
-
-
-class ClassifyFields(_Fields):
-    model_config = ConfigDict(title="classify")
-
-    labels: list[LabelItem] = Field(  # type: ignore[valid-type]
-        description="Candidate labels, each a name and a rubric (a yes/no question)."
-    )
-    system_prompt: OptionalText = Field(
-        default=None, description="Extra instructions for the classifier."
-    )
-
-    @field_validator("labels")
-    @classmethod
-    def _some_labels(cls, value: list[ClassLabel]) -> list[ClassLabel]:
-        if not value:
-            raise ValueError(
-                "labels is empty: give at least one {name, rubric}, e.g. "
-                "{'name': 'billing', 'rubric': 'Is it about a payment?'}"
-            )
-        names = [label.name for label in value]
-        if len(set(names)) != len(names):
-            raise ValueError(f"label names must be unique, got {names}")
-        return value
+    _EXAMPLES[model] = spec.example
+    return _public(model)  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------- enrichments
@@ -177,8 +173,25 @@ class ClassifyFields(_Fields):
 
 class _Enrichment(BaseModel):
     @property
+    def spec(self) -> ModelSpec:
+        return REGISTRY[self.model]  # type: ignore[attr-defined]
+
+    def arrow_fields(self) -> list[pa.Field]:
+        """The output columns of this enrichment, `name_error` last."""
+        name: str = self.name  # type: ignore[attr-defined]
+        return [*self.spec.fields(name, self), pa.field(f"{name}_error", pa.string())]
+
+    @property
     def columns(self) -> list[str]:
-        return [self.name, f"{self.name}_error"]  # type: ignore[attr-defined]
+        return [f.name for f in self.arrow_fields()]
+
+    def params(self) -> dict[str, Any]:
+        """The request body without its text."""
+        return self.model_dump(exclude={"name"})
+
+    def request_body(self, text: str) -> BaseModel:
+        """The request body of this enrichment for one document."""
+        return self.spec.body.model_validate({**self.params(), "text": text})
 
     def spec_hash(self) -> str:
         """A short, stable digest of everything that changes this enrichment's results."""
@@ -186,91 +199,58 @@ class _Enrichment(BaseModel):
         return hashlib.blake2b(canonical.encode(), digest_size=8).hexdigest()
 
 
-class ExtractEnrichment(_Enrichment, ExtractFields):
-    model_config = ConfigDict(title="ExtractEnrichment")
-
-    model: Literal["extract"] = "extract"
-
-    def request_body(self, text: str) -> ExtractBody:
-        return ExtractBody(text=text, entities=self.entities, instruction=self.instruction)
-
-
-class SummarizeEnrichment(_Enrichment, SummarizeFields):
-    model_config = ConfigDict(title="SummarizeEnrichment")
-
-    model: Literal["summarize"] = "summarize"
-
-    def request_body(self, text: str) -> SummarizeBody:
-        return SummarizeBody(text=text, instructions=self.instructions, max_tokens=self.max_tokens)
+def _enrichment_model(spec: ModelSpec, fields: type[_Fields]) -> type[_Enrichment]:
+    model = create_model(  # type: ignore[call-overload]
+        f"{spec.name.title()}Enrichment",
+        __base__=(_Enrichment, fields),
+        __module__=__name__,
+        __config__=ConfigDict(title=f"{spec.name.title()}Enrichment"),
+        model=(Literal[spec.name], spec.name),  # type: ignore[valid-type]
+    )
+    return _public(model)  # type: ignore[return-value]
 
 
-class ClassifyEnrichment(_Enrichment, ClassifyFields):
-    model_config = ConfigDict(title="ClassifyEnrichment")
+FIELDS: dict[str, type[_Fields]] = {}
+ENRICHMENTS: dict[str, type[_Enrichment]] = {}
+for _model_spec in REGISTRY.values():
+    FIELDS[_model_spec.name] = _fields_model(_model_spec)
+    ENRICHMENTS[_model_spec.name] = _enrichment_model(_model_spec, FIELDS[_model_spec.name])
 
-    model: Literal["classify"] = "classify"
-
-    @property
-    def columns(self) -> list[str]:
-        return [self.name, f"{self.name}_scores", f"{self.name}_error"]
-
-    def request_body(self, text: str) -> ClassifyBody:
-        labels = [Label(name=label.name, rubric=label.rubric) for label in self.labels]
-        return ClassifyBody(text=text, labels=labels, system_prompt=self.system_prompt)
-
-
+MODELS = tuple(REGISTRY)
 Enrichment = Annotated[
-    ExtractEnrichment | SummarizeEnrichment | ClassifyEnrichment, Field(discriminator="model")
+    Union[tuple(ENRICHMENTS.values())],  # type: ignore[valid-type]  # noqa: UP007
+    Field(discriminator="model"),
 ]
-ENRICHMENTS_ADAPTER: TypeAdapter[list[Enrichment]] = TypeAdapter(list[Enrichment])
-_ENRICHMENT_ADAPTER: TypeAdapter[Enrichment] = TypeAdapter(Enrichment)
+ENRICHMENTS_ADAPTER: TypeAdapter[list[Any]] = TypeAdapter(list[Enrichment])
+_ENRICHMENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(Enrichment)
 
 
 # ---------------------------------------------------------------------------- the form
 
 
-# Named so as not to clash with an existing item; the user renames them.
-ExtractItem = _item(
-    ExtractFields, {"name": "new_entities", "entities": {"person": "a person's name"}}
-)
-SummarizeItem = _item(
-    SummarizeFields, {"name": "new_summary", "instructions": "One sentence.", "max_tokens": 120}
-)
-ClassifyItem = _item(
-    ClassifyFields,
-    {
-        "name": "new_topic",
-        "labels": [
-            {"name": "billing", "rubric": "Is it about a payment, invoice or refund?"},
-            {"name": "other", "rubric": "Is it about anything else?"},
-        ],
-    },
-)
+def _by_model_field(spec: ModelSpec) -> tuple[Any, Any]:
+    item = _item(FIELDS[spec.name], spec.example)
+    return list[item], described(spec.description, default_factory=list)  # type: ignore[valid-type]
 
 
-class EnrichmentsByModel(BaseModel):
-    """The enrichments of a job as one list per model (the form's shape)."""
-
+class _ByModel(BaseModel):
     model_config = ConfigDict(extra="forbid", title="by model")
 
-    extract: list[ExtractItem] = described(  # type: ignore[valid-type]
-        "Entity extraction: each item adds a column of the entities found.",
-        default_factory=list,
-    )
-    summarize: list[SummarizeItem] = described(  # type: ignore[valid-type]
-        "Summaries: each item adds a text column.", default_factory=list
-    )
-    classify: list[ClassifyItem] = described(  # type: ignore[valid-type]
-        "Classification: each item adds the top label and a column of label scores.",
-        default_factory=list,
-    )
-
-    def to_list(self) -> list[Enrichment]:
+    def to_list(self) -> list[Any]:
         return [
-            *(ExtractEnrichment(**item.model_dump()) for item in self.extract),
-            *(SummarizeEnrichment(**item.model_dump()) for item in self.summarize),
-            *(ClassifyEnrichment(**item.model_dump()) for item in self.classify),
+            ENRICHMENTS[model](**item.model_dump())
+            for model in MODELS
+            for item in getattr(self, model)
         ]
 
+
+EnrichmentsByModel = create_model(
+    "EnrichmentsByModel",
+    __base__=_ByModel,
+    __module__=__name__,
+    __doc__="The enrichments of a job as one list per model (the form's shape).",
+    **{spec.name: _by_model_field(spec) for spec in REGISTRY.values()},
+)
 
 # The `enrichments` flow parameter: the form's shape first (what the UI opens with for a
 # deployment whose parameters are in it), the list of items as the alternative.
@@ -328,7 +308,7 @@ def _from_list(raw: list[Any]) -> list[Enrichment]:
         if model not in MODELS:
             raise EnrichmentSpecError(
                 f"enrichments[{index}]: unknown model {model!r}; "
-                "use one of 'extract', 'summarize', 'classify'"
+                f"use one of {', '.join(map(repr, MODELS))}"
             )
         try:
             items.append(_ENRICHMENT_ADAPTER.validate_python(item))

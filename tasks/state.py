@@ -9,7 +9,8 @@ can mistake it for data; `state_folder(destination)` gives it. Its layout:
     gen-000007/ledger.json     shard -> batch id for groups not yet recorded (tasks.ledger)
     gen-000007/groups/KEY.parquet  every result of a finished group of documents
     gen-000007/staging/        the Parquet output being written, before it is committed
-    embedded-emulator.sqlite   the embedded emulator's batches (local destinations), until success
+
+The embedded emulator may keep its database in the folder too (`flows.backend`).
 
 No copy of the documents' text is kept: request lines are rebuilt from the source, and their
 custom ids are content-addressed, so the same source and spec give the same shards.
@@ -22,10 +23,7 @@ carries over results from the last successful one.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import tempfile
 import time
 from typing import Any
 
@@ -36,7 +34,6 @@ import pyarrow.parquet as pq
 from tasks.storage import (
     StorageSettings,
     filesystem,
-    is_local,
     join,
     read_json,
     remove,
@@ -225,21 +222,6 @@ class RunState:
         if self._previous is None:
             self._previous = PreviousResults(self, self.last_succeeded)
         return self._previous
-
-    def local_path(self, name: str) -> str:
-        """A path on this machine that belongs to this destination (e.g. a SQLite file):
-        in the state folder for a local destination, else in the temporary directory."""
-        if is_local(self.fs):
-            folder = self.state_root
-        else:
-            folder = os.path.join(tempfile.gettempdir(), f"batch-enrich-{digest(self.root)}")
-        os.makedirs(folder, exist_ok=True)
-        return os.path.join(folder, name)
-
-    def remove_local(self, name: str) -> None:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self.local_path(name) + suffix)
 
     # ------------------------------------------------------------------ paths
 

@@ -1,6 +1,6 @@
 """Where bytes live: local paths or `s3://` URLs, through fsspec, with atomic writes.
 
-S3 settings come from a `StorageSettings` (usually built from the `S3Storage` block) or, when
+S3 settings come from a `StorageSettings` (built by the `S3Storage` block) or, when
 none is given, from the standard AWS environment variables (`AWS_ACCESS_KEY_ID`,
 `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL`) that boto3 and s3fs read.
 """
@@ -12,40 +12,25 @@ import json
 import os
 import posixpath
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
-from pydantic import SecretStr
 
+from blocks.storage import StorageSettings
 
-@dataclass(frozen=True)
-class StorageSettings:
-    """S3 connection settings. Secrets stay `SecretStr` until handed to s3fs."""
-
-    endpoint_url: str | None = None
-    region: str | None = None
-    access_key_id: SecretStr | None = field(default=None, repr=False)
-    secret_access_key: SecretStr | None = field(default=None, repr=False)
-    session_token: SecretStr | None = field(default=None, repr=False)
-
-    def s3fs_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {}
-        if self.access_key_id is not None:
-            options["key"] = self.access_key_id.get_secret_value()
-        if self.secret_access_key is not None:
-            options["secret"] = self.secret_access_key.get_secret_value()
-        if self.session_token is not None:
-            options["token"] = self.session_token.get_secret_value()
-        client_kwargs: dict[str, Any] = {}
-        if self.endpoint_url:
-            client_kwargs["endpoint_url"] = self.endpoint_url
-        if self.region:
-            client_kwargs["region_name"] = self.region
-        if client_kwargs:
-            options["client_kwargs"] = client_kwargs
-        return options
+__all__ = [
+    "StorageSettings",
+    "filesystem",
+    "is_local",
+    "is_remote",
+    "join",
+    "move",
+    "read_json",
+    "remove",
+    "write_bytes_atomic",
+    "write_json_atomic",
+]
 
 
 def is_remote(url: str) -> bool:

@@ -26,6 +26,7 @@ from batchapi.emulator.store import OpenBatchCapReached, Store, StoredBatch
 from batchapi.emulator.worker import Worker
 from batchapi.models import (
     MODELS,
+    AnyBody,
     Batch,
     ClassifyBody,
     ExtractBody,
@@ -317,7 +318,7 @@ def create_app(config: EmulatorConfig) -> FastAPI:
 
     # ------------------------------------------------------------------ realtime
 
-    def run_engine(body: ExtractBody | SummarizeBody | ClassifyBody) -> dict[str, Any]:
+    def run_engine(body: AnyBody) -> dict[str, Any]:
         try:
             return engine.run(body).model_dump(mode="json")
         except Exception as exc:

@@ -6,20 +6,16 @@ from __future__ import annotations
 import secrets
 
 from batchapi.models import (
+    AnyBody,
     ChatCompletion,
     Choice,
-    ClassifyBody,
-    ExtractBody,
     Message,
-    SummarizeBody,
     Usage,
     approx_tokens,
 )
 
 
-def chat_completion(
-    body: ExtractBody | SummarizeBody | ClassifyBody, content: str, created: int
-) -> ChatCompletion:
+def chat_completion(body: AnyBody, content: str, created: int) -> ChatCompletion:
     # GAP: `created` and `usage` are documented for the synchronous endpoint only (spec
     # §3.2); we emit the full OpenAI shape everywhere, with prompt tokens approximated from
     # the text and no completion tokens, as the docs say of the synchronous endpoint.

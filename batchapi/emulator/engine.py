@@ -1,7 +1,7 @@
 """The emulator's deterministic heuristic engine (no model weights: results are heuristic).
 
 Interface used by the emulator server and the benchmarks:
-    run(body) -> ExtractResult | SummarizeResult | ClassifyResult
+    run(body) -> the domain result of the body's model (`ENGINES[body.model]`)
 
 Same input, same output: no randomness, no network, no state between calls beyond caches.
 How each model works is described in docs/engine.md.
@@ -12,7 +12,10 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
+
+from pydantic import BaseModel
 
 from batchapi.emulator.engine_extract import Document
 from batchapi.emulator.engine_labels import label_keywords, resolve_kind
@@ -27,6 +30,8 @@ from batchapi.emulator.engine_text import (
 )
 from batchapi.models import (
     CHARS_PER_TOKEN,
+    MODELS,
+    AnyBody,
     ClassifyBody,
     ClassifyResult,
     DomainResult,
@@ -314,9 +319,14 @@ def _reasoning(name: str, probability: float, from_name: list[str], from_rubric:
 # --------------------------------------------------------------------------- dispatch
 
 
-def run(body: ExtractBody | SummarizeBody | ClassifyBody) -> DomainResult:
-    if isinstance(body, ExtractBody):
-        return extract(body)
-    if isinstance(body, SummarizeBody):
-        return summarize(body)
-    return classify(body)
+# One engine per model of the API, by name.
+ENGINES: dict[str, Callable[[Any], BaseModel]] = {
+    "extract": extract,
+    "summarize": summarize,
+    "classify": classify,
+}
+assert tuple(ENGINES) == MODELS, "an engine for every model"
+
+
+def run(body: AnyBody) -> DomainResult:
+    return ENGINES[body.model](body)  # type: ignore[return-value]

@@ -191,3 +191,23 @@ def test_a_rejected_key_fails_the_run_without_showing_it(
         assert marker not in shown and wrong not in shown
     recorded = _everything_recorded(state.state_details.flow_run_id)
     assert marker not in recorded and wrong not in recorded
+
+
+def test_blocks_are_settings_that_import_no_tasks_or_flows() -> None:
+    """Data flows one way: tasks and flows use the blocks, never the other way round."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, blocks, blocks.register; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'tasks', 'flows'}))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert found.strip() == "[]"
+    block = BatchApi(base_url="http://127.0.0.1:1", max_lines_per_batch=20)
+    assert block.limits().max_lines == 20
+    assert block.limits(shard_size=5).max_lines == 5
+    assert block.limits(shard_size=500).max_lines == 20
+    assert block.client().limits == block.limits()

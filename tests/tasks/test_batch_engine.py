@@ -10,7 +10,8 @@ import pytest
 
 from batchapi.emulator.runner import RunningEmulator
 from batchapi.models import BatchLimits
-from tasks.batch import ApiSettings, BatchEngine, BatchWaitTimeout, EngineOptions
+from blocks.batch_api import BatchApi
+from tasks.batch import BatchEngine, BatchWaitTimeout, EngineOptions
 from tasks.ledger import Ledger
 from tasks.shard import build_group_lines
 from tasks.spec import parse_enrichments
@@ -46,7 +47,7 @@ def _engine(
     }
     engine = BatchEngine(
         Ledger(state),
-        ApiSettings(base_url, api_key=TEST_API_KEY, max_lines=max_lines),
+        BatchApi(base_url=base_url, api_key=TEST_API_KEY, max_lines_per_batch=max_lines),
         EngineOptions(**settings),  # type: ignore[arg-type]
     )
     per_group = documents // groups
