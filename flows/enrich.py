@@ -25,7 +25,8 @@ from prefect.artifacts import (
 )
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect.settings import PREFECT_API_URL
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from batchapi.models import BatchLimits
 from blocks.batch_api import BatchApi
@@ -33,6 +34,7 @@ from flows.backend import EMBEDDED, Backend, api_block, backend_label, resolve_b
 from flows.estimate import check_budget, estimate_run
 from flows.group import PreparedGroup, prepare_group
 from flows.report import EnrichmentCounts, EnrichReport, check_error_budget
+from flows.runners import check_task_runner, make_task_runner
 from tasks.batch import (
     BatchEngine,
     EngineOptions,
@@ -194,8 +196,18 @@ def enrich_documents(
     ] = 2,
     task_runner: Annotated[
         Literal["thread", "dask"],
-        described("thread: in this process; dask: a local Dask cluster's processes."),
+        described(
+            "thread: in this process; dask: a Dask cluster's processes (dask_address, "
+            "else a local cluster)."
+        ),
     ] = "thread",
+    dask_address: Annotated[
+        OptionalText,
+        described(
+            "With task_runner 'dask': a running Dask scheduler (tcp://host:8786) whose workers "
+            "prepare the groups; empty: a local cluster started for the run."
+        ),
+    ] = None,
     storage_block: Annotated[
         OptionalText,
         described("S3Storage block for s3:// paths; empty: the AWS environment variables."),
@@ -207,15 +219,23 @@ def enrich_documents(
             "table at destination, one version per run."
         ),
     ] = "parquet",
+    part: Annotated[
+        OptionalText,
+        described(
+            "Enrich only part K of N of the source ('K/N'): its files when it has N or more, "
+            "else the rows whose id hashes to K. Empty: all of it."
+        ),
+    ] = None,
 ) -> EnrichReport:
     logger = get_run_logger()
     started = time.monotonic()
     enrichments = parse_enrichments(enrichments)
     settings = _storage_settings(storage_block)
+    check_task_runner(task_runner, dask_address, PREFECT_API_URL.value())
     # Before anything is read or paid: overlapping paths would mix output and input rows.
     check_paths(source, destination, output_format, settings)
     reserved = [column for e in enrichments for column in e.columns]
-    resolved = validate_source(source, id_column, text_column, reserved, settings)
+    resolved = validate_source(source, id_column, text_column, reserved, settings, part)
     api = api_block(batch_api)
     limits = BatchLimits(
         max_lines=min(shard_size or api.max_lines_per_batch, api.max_lines_per_batch),
@@ -297,7 +317,7 @@ def enrich_documents(
             try:
                 with (
                     ThreadPoolTaskRunner(max_workers=1) as driver_runner,
-                    make_task_runner(task_runner, parallel_groups) as runner,
+                    make_task_runner(task_runner, parallel_groups, dask_address) as runner,
                 ):
                     driver = driver_runner.submit(
                         run_batches, {"engine": engine, "on_progress": publish}
@@ -405,35 +425,6 @@ def _wait(pending: Future[GroupOutcome], driver: PrefectFuture[EngineReport]) ->
                 driver.result()  # raises the engine's failure
                 if not pending.done():
                     raise RuntimeError("the batch engine stopped with a group unfinished") from None
-
-
-def make_task_runner(kind: str, parallel_groups: int) -> TaskRunner:
-    """Threads by default; `dask` spreads groups over a local Dask cluster's processes."""
-    if kind == "dask":
-        from prefect.settings import PREFECT_API_URL
-
-        if not PREFECT_API_URL.value():
-            raise ValueError(
-                "task_runner='dask' runs tasks in worker processes that must reach a Prefect "
-                "server: start one (`prefect server start`) and set PREFECT_API_URL, or use "
-                "task_runner='thread'"
-            )
-        try:
-            from prefect_dask import DaskTaskRunner
-        except ImportError:
-            raise ValueError(
-                "task_runner='dask' needs prefect-dask: pip install 'batch-enrich[dask]'"
-            ) from None
-        return DaskTaskRunner(
-            cluster_kwargs={
-                "n_workers": parallel_groups,
-                "threads_per_worker": 1,
-                "processes": True,
-                # None would still bind :8787 on every interface.
-                "dashboard_address": "127.0.0.1:0",
-            }
-        )
-    return ThreadPoolTaskRunner(max_workers=parallel_groups)
 
 
 def _dry_run(

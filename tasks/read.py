@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.parts import Part, SplitBy, files_of, id_parts, in_part, parse_part, split_by
 from tasks.storage import StorageSettings, filesystem, is_local
 
 TEXT_SUFFIXES = (".txt", ".md", ".json")
@@ -50,6 +51,9 @@ class Source:
     root: str = ""
     # The schema every file is read as (Parquet only); found by `validate_source`.
     schema: pa.Schema | None = field(default=None, repr=False, compare=False)
+    # Only this part of the source is read (`tasks.parts`), by file or by id hash.
+    part: Part | None = None
+    split: SplitBy | None = None
 
     @property
     def filesystem(self):
@@ -71,8 +75,10 @@ def resolve_source(
     id_column: str = "id",
     text_column: str = "text",
     settings: StorageSettings | None = None,
+    part: Part | None = None,
 ) -> Source:
-    """Find the files behind `url` and decide whether they are Parquet or text objects."""
+    """Find the files behind `url` and decide whether they are Parquet or text objects; with
+    `part`, keep only that part's files (or mark its rows to be picked by id)."""
     fs, path = filesystem(url, settings)
     try:
         if _has_glob(path):
@@ -96,10 +102,16 @@ def resolve_source(
     files = [f for f in files if _visible(f, root)]
     parquet = [f for f in files if f.endswith((".parquet", ".parq", ".pq"))]
     texts = [f for f in files if f.endswith(TEXT_SUFFIXES)]
-    if parquet:
-        return Source(url, "parquet", tuple(parquet), id_column, text_column, settings, root=root)
-    if texts:
-        return Source(url, "text", tuple(texts), id_column, text_column, settings, root=root)
+    for kind, found in (("parquet", parquet), ("text", texts)):
+        if not found:
+            continue
+        paths, split = tuple(found), None
+        if part is not None:
+            split = split_by(len(paths), part.count)
+            paths = files_of(paths, part) if split == "file" else paths
+        return Source(
+            url, kind, paths, id_column, text_column, settings, root=root, part=part, split=split
+        )
     raise SourceError(
         f"source {url!r} is empty: it holds no Parquet files and no .txt/.md/.json objects"
     )
@@ -237,6 +249,9 @@ def iter_record_batches(
     source: Source, columns: list[str] | None = None
 ) -> Iterator[pa.RecordBatch]:
     """Stream the source in its stable order (files sorted by path, rows in file order)."""
+    if source.split == "id":
+        yield from _part_rows(source, columns)
+        return
     if source.kind == "text":
         yield from _text_batches(source, columns)
         return
@@ -258,6 +273,21 @@ def iter_record_batches(
                     ],
                     schema=target,
                 )
+
+
+def _part_rows(source: Source, columns: list[str] | None) -> Iterator[pa.RecordBatch]:
+    """The rows of the source whose id hashes to its part."""
+    assert source.part is not None
+    whole = replace(source, split=None)
+    wanted = (
+        columns if columns is None or source.id_column in columns else [*columns, source.id_column]
+    )
+    for batch in iter_record_batches(whole, wanted):
+        kept = batch.filter(in_part(batch.column(source.id_column), source.part))
+        if columns is not None and wanted != columns:
+            kept = kept.select(columns)
+        if kept.num_rows:
+            yield kept
 
 
 def iter_groups(source: Source, group_size: int) -> Iterator[pa.Table]:
@@ -331,14 +361,19 @@ def validate_source(
     text_column: str = "text",
     reserved_columns: list[str] | None = None,
     settings: StorageSettings | None = None,
+    part: str | None = None,
 ) -> Source:
     """Check the source before anything is submitted; returns it resolved, with its row count.
 
     Checks: it exists and is not empty, its Parquet files agree on column types, the id and
     text columns exist, ids are non-null and unique, and no source column collides with a
-    column the enrichments will add.
+    column the enrichments will add. With `part` ('K/N'), only that part of the source.
     """
-    source = resolve_source(url, id_column, text_column, settings)
+    try:
+        wanted = parse_part(part)
+    except ValueError as exc:
+        raise SourceError(str(exc)) from None
+    source = resolve_source(url, id_column, text_column, settings, wanted)
     schema = _schema(source)
     if source.kind == "parquet":
         source = replace(source, schema=schema)
@@ -357,7 +392,8 @@ def validate_source(
         nulls += batch_nulls
     num_rows = sum(len(p) for p in parts) + nulls
     if num_rows == 0:
-        raise SourceError(f"source {url!r} is empty: it has no rows to enrich")
+        of = f" in part {part}" if wanted else ""
+        raise SourceError(f"source {url!r} is empty{of}: it has no rows to enrich")
     if nulls:
         raise SourceError(
             f"id column {id_column!r} has {nulls} null value(s); every document needs an id"
@@ -371,3 +407,26 @@ def validate_source(
             f"{', '.join(examples)}. Deduplicate the source or choose a unique id_column."
         )
     return replace(source, columns=tuple(schema.names), num_rows=num_rows)
+
+
+def schema_of(source: Source) -> pa.Schema:
+    """The columns every row of the source is read with."""
+    return _schema(source)
+
+
+def part_sizes(source: Source, count: int) -> list[int]:
+    """Rows in each of `count` parts of the whole source (`tasks.parts`), in part order."""
+    sizes = np.zeros(count, dtype=np.int64)
+    if split_by(len(source.paths), count) == "file":
+        for index, path in enumerate(source.paths):
+            if source.kind == "text":
+                rows = 1
+            else:
+                with _parquet_file(source.filesystem, path) as reader:
+                    rows = reader.metadata.num_rows
+            sizes[index % count] += rows
+    else:
+        for batch in iter_record_batches(source, [source.id_column]):
+            parts = id_parts(batch.column(0), count)
+            sizes += np.bincount(parts - 1, minlength=count)
+    return [int(size) for size in sizes]
