@@ -260,7 +260,9 @@ def enrich_partitioned(
             deployment,
         )
         common: dict[str, Any] = {
-            "enrichments": [e.model_dump(mode="json") for e in parsed],
+            "source": source,
+            # Unset fields left out: the deployment's schema has no null for them.
+            "enrichments": [e.model_dump(mode="json", exclude_none=True) for e in parsed],
             "id_column": id_column,
             "text_column": text_column,
             "batch_api": batch_api,
@@ -285,7 +287,7 @@ def enrich_partitioned(
                 "batch_enrich.backend": backend_label(batch_api, api_block(batch_api)),
                 "batch_enrich.flow_run_id": run_id,
                 "batch_enrich.spec_hash": spec_hash(parsed),
-                "batch_enrich.enrichments": json.dumps(common["enrichments"]),
+                "batch_enrich.enrichments": json.dumps([e.model_dump(mode="json") for e in parsed]),
                 "batch_enrich.generation": str(state.generation),
                 "batch_enrich.mode": mode,
                 "batch_enrich.written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -376,7 +378,7 @@ def _run_parts(
                 item.run = run_deployment(
                     deployment,
                     parameters={
-                        **common,
+                        **_as_form_values(common),
                         "destination": item.destination,
                         "output_format": "parquet",
                         "part": str(item.part),
@@ -445,6 +447,19 @@ def _run_parts(
             "rerun this flow with the same parameters: finished parts are kept and the others "
             "resume from their own ledgers, so no batch is paid twice"
         )
+
+
+def _as_form_values(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Optional parameters left empty, as the deployment's schema takes them: the flow reads
+    a blank text or a 0 as "none" (`tasks.spec.OptionalText`, `OptionalCount`)."""
+    from prefect.utilities.callables import parameter_schema
+
+    properties = parameter_schema(enrich_documents).model_dump_for_openapi()["properties"]
+    empty = {"string": "", "integer": 0, "number": 0}
+    return {
+        name: empty.get(properties[name].get("type"), "") if value is None else value
+        for name, value in parameters.items()
+    }
 
 
 def _output_run_id(item: PartRun, settings: StorageSettings | None) -> str | None:
