@@ -54,6 +54,8 @@ from tasks.parts import MAX_PARTS, Part, split_by
 from tasks.paths import check_paths
 from tasks.read import part_sizes, schema_of, validate_source
 from tasks.sinks import make_sink
+from tasks.sinks.base import DELTA_LOG
+from tasks.sinks.delta import delta_storage_options, delta_url
 from tasks.sinks.parquet import OUTPUT_FILE
 from tasks.spec import described, parse_enrichments, spec_hash
 from tasks.state import RunState, digest, state_folder, state_root
@@ -69,6 +71,8 @@ NEW_ATTEMPTS_PER_PART = 2
 # machine went away before it took its part's lock). Generous: validating a large part takes
 # a while, and a wrong guess only costs a second run that waits at the part's lock.
 SILENT_CHILD_SECONDS = 600.0
+# Provenance key naming the night (job and generation) an output was published for.
+NIGHT_KEY = "batch_enrich.night"
 
 # The parent takes the main flow's parameters, with the same types, checks and descriptions.
 _HINTS = typing.get_type_hints(enrich_documents.fn, include_extras=True)
@@ -294,13 +298,20 @@ def enrich_partitioned(
                 "batch_enrich.parts": json.dumps(
                     {str(r.part): str(r.run.id) for r in runs if r.run}
                 ),
+                NIGHT_KEY: key,
             }
             lock.ensure_held()
-            schema = output_schema(schema_of(resolved), parsed, metadata)
-            report.output_path, report.rows_out = _publish(
-                runs, resolved.num_rows, id_column, schema, metadata, output_format,
-                destination, state, settings,
-            )  # fmt: skip
+            if _published_night(output_format, destination, settings) == key:
+                # An earlier run of this night committed and stopped before it could record
+                # that: publishing again would add a second version of the same night.
+                logger.warning("this night is already published in %s", destination)
+                report.output_path, report.rows_out = destination, resolved.num_rows
+            else:
+                schema = output_schema(schema_of(resolved), parsed, metadata)
+                report.output_path, report.rows_out = _publish(
+                    runs, resolved.num_rows, id_column, schema, metadata, output_format,
+                    destination, state, settings,
+                )  # fmt: skip
         except BaseException:
             report.parts = [_part_report(item) for item in runs]
             state.finish(succeeded=False)
@@ -500,6 +511,28 @@ def _part_report(item: PartRun) -> PartReport:
         attempts=item.attempt + 1 if item.run else 0,
         state=item.run.state.name if item.run and item.run.state else None,
     )
+
+
+def _published_night(
+    output_format: str, destination: str, settings: StorageSettings | None
+) -> str | None:
+    """The night the destination's current output was published for, if by this flow."""
+    from deltalake import DeltaTable
+
+    fs, root = filesystem(destination, settings)
+    try:
+        if output_format == "delta":
+            if not fs.exists(join(root, DELTA_LOG)):
+                return None
+            url = delta_url(destination, settings)
+            options = delta_storage_options(settings, url) or None
+            (latest,) = DeltaTable(url, storage_options=options).history(1)
+            return latest.get(NIGHT_KEY)
+        metadata = pq.read_schema(join(root, OUTPUT_FILE), filesystem=fs).metadata or {}
+    except FileNotFoundError:
+        return None
+    value = metadata.get(NIGHT_KEY.encode())
+    return value.decode() if value else None
 
 
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.Table:
