@@ -213,6 +213,53 @@ def test_an_unreachable_dask_address_fails_before_anything_is_paid(
     assert not Path(state_folder(common["destination"])).exists()
 
 
+def test_a_dask_worker_lost_mid_run_costs_no_second_payment(
+    run_flow, cluster: DaskCluster, start_api: Callable[..., Emulator], tmp_path: Path
+) -> None:
+    """Runs last of the Dask tests: it leaves the cluster one worker short."""
+    import contextvars
+    import threading
+
+    emulator = start_api(latency=0.5)
+    source = tmp_path / "docs.parquet"
+    pq.write_table(make_documents(80), source)
+    # One open batch at a time and groups of 10: groups are prepared all along the run.
+    params = {
+        "source": str(source),
+        "destination": str(tmp_path / "out"),
+        "batch_api": emulator.base_url,
+        "group_size": 10,
+        "max_in_flight": 1,
+        "task_runner": "dask",
+        "dask_address": cluster.address,
+    }
+    outcome: dict[str, Any] = {}
+    # The thread sees this test's Prefect settings (a context variable).
+    context = contextvars.copy_context()
+    runner = threading.Thread(
+        target=context.run, args=(lambda: outcome.update(report=run_flow(**params)),)
+    )
+    runner.start()
+    wait_for(lambda: _api(emulator, "/_emulator/stats")["batches_created"] >= 2, 60, "2 batches")
+    victim = cluster.workers[0]
+    kill_tree(victim.pid)
+    runner.join(120)
+    assert not runner.is_alive()
+    assert outcome["report"].groups == 8
+    from distributed import Client
+
+    with Client(cluster.address, timeout=30) as client:
+        assert len(client.scheduler_info()["workers"]) == 1  # the rest ran on the survivor
+    table = pq.read_table(tmp_path / "out" / "enriched.parquet")
+    assert sorted(table.column("id").to_pylist()) == sorted(
+        pq.read_table(source).column("id").to_pylist()
+    )
+    for name in ENRICHMENT_NAMES:
+        assert table.column(f"{name}_error").null_count == 80
+    assert_no_line_paid_twice(emulator, 80)
+    assert _api(emulator, "/_emulator/stats")["batches_created"] == 8
+
+
 # ------------------------------------------------------------------ a night over a work pool
 
 
