@@ -432,6 +432,11 @@ def _run_parts(
                     reason = f"it ended {state.name}: {state.message or ''}".rstrip(": ")
                 elif state.is_scheduled():
                     continue  # waiting for a worker of the pool
+                elif _finished_unreported(item, run, settings):
+                    # Its part is written and recorded as succeeded: a run that died while
+                    # reporting has nothing left to do, and must not keep the night waiting.
+                    item.done = True
+                    continue
                 else:
                     reason = _dead_reason(item, run, settings)
                     if reason is None:
@@ -482,6 +487,16 @@ def _output_run_id(item: PartRun, settings: StorageSettings | None) -> str | Non
         return None
     value = metadata.get(b"batch_enrich.flow_run_id")
     return value.decode() if value else None
+
+
+def _finished_unreported(item: PartRun, run: FlowRun, settings: StorageSettings | None) -> bool:
+    """Whether the run wrote its part's output and recorded its generation as succeeded (the
+    last things it does before releasing its lock and reporting Completed)."""
+    if _output_run_id(item, settings) != str(run.id):
+        return False
+    fs, root = filesystem(item.destination, settings)
+    generation = read_json(fs, join(state_root(root), "generation.json")) or {}
+    return generation.get("status") == "succeeded"
 
 
 def _dead_reason(item: PartRun, run: FlowRun, settings: StorageSettings | None) -> str | None:

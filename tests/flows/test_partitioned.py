@@ -25,6 +25,7 @@ from flows.partitioned import (
     PartRun,
     PartsFailedError,
     _dead_reason,
+    _finished_unreported,
     _publish,
     _published_night,
 )
@@ -106,3 +107,17 @@ def test_a_child_without_a_lock_is_dead_only_after_a_long_silence(
     assert _dead_reason(item, starting, None) is None
     item, silent = _child(str(tmp_path / "part-1"), age=120)
     assert "no lock" in (_dead_reason(item, silent, None) or "")
+
+
+def test_a_child_that_wrote_its_part_and_died_reporting_is_done(tmp_path: Path) -> None:
+    item, run = _child(str(tmp_path / "part-1"))
+    assert not _finished_unreported(item, run, None)
+    Path(item.destination).mkdir()
+    table = make_documents(3)
+    pq.write_table(
+        table.replace_schema_metadata({"batch_enrich.flow_run_id": str(run.id)}), item.output
+    )
+    state = RunState(item.destination).begin(str(run.id))
+    assert not _finished_unreported(item, run, None)  # written, not yet recorded
+    state.finish(succeeded=True)
+    assert _finished_unreported(item, run, None)
