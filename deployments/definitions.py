@@ -56,6 +56,11 @@ def load_flow(entrypoint: str) -> Flow[..., Any]:
     return getattr(module, name)
 
 
+def full_name(spec: DeploymentSpec) -> str:
+    """`flow/deployment`, as `prefect deployment run` and `run_deployment` take it."""
+    return f"{load_flow(spec.entrypoint).name}/{spec.name}"
+
+
 def schedules_of(spec: DeploymentSpec) -> list[Schedule]:
     from prefect.schedules import Cron, Interval
 

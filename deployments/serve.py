@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from deployments.definitions import DeploymentSpec
+from deployments.definitions import DeploymentSpec, full_name
 from deployments.local import (
     Child,
     Emulator,
@@ -32,7 +32,6 @@ from deployments.local import (
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BLOCK_NAME = "local-emulator"
-FLOW_NAME = "enrich-documents"
 # Polls step finely while the emulator's batches finish; a tenth or so of its latency.
 POLL_INTERVAL_SECONDS = 0.5
 
@@ -134,7 +133,7 @@ def _serve(
     from prefect import serve
 
     from blocks.register import build_batch_api, register_block_types, save_batch_api
-    from deployments.definitions import load_specs, runner_deployment
+    from deployments.definitions import full_name, load_specs, runner_deployment
 
     register_block_types()
     block = build_batch_api(emulator.base_url, key, poll_interval_seconds=POLL_INTERVAL_SECONDS)
@@ -148,7 +147,7 @@ def _serve(
     corpora = sorted({str(d.parameters.get("source", "")) for d in deployments})
     for source in corpora:
         _ensure_corpus(source, args.corpus_size)
-    flow_names = ", ".join(f"enrich-documents/{spec.name}" for spec in specs)
+    flow_names = ", ".join(full_name(spec) for spec in specs)
     print(
         f"""
 batch-enrich is served
@@ -199,7 +198,7 @@ def drop_undeclared_schedules(specs: Sequence[DeploymentSpec]) -> list[str]:
     dropped: list[str] = []
     with get_client(sync_client=True) as client:
         for spec in specs:
-            name = f"{FLOW_NAME}/{spec.name}"
+            name = full_name(spec)
             try:
                 existing = client.read_deployment_by_name(name)
             except ObjectNotFound:

@@ -29,6 +29,7 @@ from batchapi.errors import TerminalApiError
 from flows.backend import BackendError
 from flows.estimate import BudgetExceededError
 from flows.report import ErrorBudgetExceededError
+from flows.runners import TaskRunnerError, check_task_runner
 from tasks.lock import DestinationBusyError
 from tasks.paths import check_paths
 from tasks.read import SourceError, validate_source
@@ -76,6 +77,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     BackendError,
     DestinationBusyError,
     TerminalApiError,
+    TaskRunnerError,
 )
 
 
@@ -326,12 +328,14 @@ def resolve_job(args: argparse.Namespace, parameters: Sequence[Parameter]) -> di
 
 
 def check_runner(job: dict[str, Any]) -> None:
-    if job.get("task_runner") == "dask" and not os.environ.get("PREFECT_API_URL"):
-        raise JobError(
-            "--task-runner dask runs tasks in worker processes that must reach a Prefect "
-            "server: start one (`prefect server start`) and set PREFECT_API_URL, or use "
-            "--task-runner thread"
+    try:
+        check_task_runner(
+            job.get("task_runner", "thread"),
+            job.get("dask_address"),
+            os.environ.get("PREFECT_API_URL"),
         )
+    except TaskRunnerError as exc:
+        raise JobError(str(exc)) from None
 
 
 def check_source(job: dict[str, Any]) -> None:
@@ -341,7 +345,11 @@ def check_source(job: dict[str, Any]) -> None:
     check_paths(job["source"], job["destination"], job.get("output_format", "parquet"))
     reserved = [column for enrichment in job["enrichments"] for column in enrichment.columns]
     validate_source.fn(
-        job["source"], job.get("id_column", "id"), job.get("text_column", "text"), reserved
+        job["source"],
+        job.get("id_column", "id"),
+        job.get("text_column", "text"),
+        reserved,
+        part=job.get("part"),
     )
 
 

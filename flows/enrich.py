@@ -11,12 +11,13 @@ import time
 from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect.settings import PREFECT_API_URL
 
 from flows import run
 from flows.backend import resolve_backend
 from flows.report import EnrichReport
 from flows.run import validate_job
+from flows.runners import check_task_runner, make_task_runner
 from tasks.sinks import OutputFormat
 from tasks.spec import (
     EnrichmentsParameter,
@@ -129,8 +130,18 @@ def enrich_documents(
     ] = 2,
     task_runner: Annotated[
         Literal["thread", "dask"],
-        described("thread: in this process; dask: a local Dask cluster's processes."),
+        described(
+            "thread: in this process; dask: a Dask cluster's processes (dask_address, "
+            "else a local cluster)."
+        ),
     ] = "thread",
+    dask_address: Annotated[
+        OptionalText,
+        described(
+            "With task_runner 'dask': a running Dask scheduler (tcp://host:8786) whose workers "
+            "prepare the groups; empty: a local cluster started for the run."
+        ),
+    ] = None,
     storage_block: Annotated[
         OptionalText,
         described("S3Storage block for s3:// paths; empty: the AWS environment variables."),
@@ -142,12 +153,20 @@ def enrich_documents(
             "table at destination, one version per run."
         ),
     ] = "parquet",
+    part: Annotated[
+        OptionalText,
+        described(
+            "Enrich only part K of N of the source ('K/N'): its files when it has N or more, "
+            "else the rows whose id hashes to K. Empty: all of it."
+        ),
+    ] = None,
 ) -> EnrichReport:
     logger = get_run_logger()
     started = time.monotonic()
+    check_task_runner(task_runner, dask_address, PREFECT_API_URL.value())
     job = validate_job(
         source, destination, enrichments, id_column, text_column, batch_api, shard_size, mode,
-        group_size, storage_block, output_format,
+        group_size, storage_block, output_format, part,
     )  # fmt: skip
     if dry_run:
         return run.dry_run(job)
@@ -166,38 +185,9 @@ def enrich_documents(
             run.open_state(job, logger) as state,
             resolve_backend(batch_api, destination, job.settings, job.api) as backend,
         ):
-            runner = make_task_runner(task_runner, parallel_groups)
+            runner = make_task_runner(task_runner, parallel_groups, dask_address)
             report = run.run_groups(job, state, backend, lock, options, runner)
     return run.publish_report(report, started, logger)
-
-
-def make_task_runner(kind: str, parallel_groups: int) -> TaskRunner:
-    """Threads by default; `dask` spreads groups over a local Dask cluster's processes."""
-    if kind == "dask":
-        from prefect.settings import PREFECT_API_URL
-
-        if not PREFECT_API_URL.value():
-            raise ValueError(
-                "task_runner='dask' runs tasks in worker processes that must reach a Prefect "
-                "server: start one (`prefect server start`) and set PREFECT_API_URL, or use "
-                "task_runner='thread'"
-            )
-        try:
-            from prefect_dask import DaskTaskRunner
-        except ImportError:
-            raise ValueError(
-                "task_runner='dask' needs prefect-dask: pip install 'batch-enrich[dask]'"
-            ) from None
-        return DaskTaskRunner(
-            cluster_kwargs={
-                "n_workers": parallel_groups,
-                "threads_per_worker": 1,
-                "processes": True,
-                # None would still bind :8787 on every interface.
-                "dashboard_address": "127.0.0.1:0",
-            }
-        )
-    return ThreadPoolTaskRunner(max_workers=parallel_groups)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,6 +83,7 @@ def validate_job(
     group_size: int,
     storage_block: str | None,
     output_format: str,
+    part: str | None = None,
 ) -> Job:
     """Everything checked before anything is read for good or paid for."""
     items = parse_enrichments(enrichments)
@@ -90,7 +91,7 @@ def validate_job(
     # Before anything is read or paid: overlapping paths would mix output and input rows.
     check_paths(source, destination, output_format, settings)
     reserved = [column for e in items for column in e.columns]
-    resolved = validate_source(source, id_column, text_column, reserved, settings)
+    resolved = validate_source(source, id_column, text_column, reserved, settings, part)
     api = api_block(batch_api)
     return Job(
         source=resolved,

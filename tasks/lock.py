@@ -144,6 +144,20 @@ def _process_is_gone(pid: int) -> bool:
         return False
 
 
+def gone_reason(holder: LockRecord, now: float, stale_after_seconds: float) -> str | None:
+    """Why the holder of a lock record is dead, or None while it may be alive."""
+    if holder.host == socket.gethostname() and _process_is_gone(holder.pid):
+        return f"left by process {holder.pid}, which is gone"
+    if now - holder.heartbeat_at > stale_after_seconds:
+        return f"stale: no heartbeat for {now - holder.heartbeat_at:.0f} s"
+    return None
+
+
+def read_lock(destination: str, settings: StorageSettings | None = None) -> LockRecord | None:
+    """The record of the run holding `destination` now, if any (nothing is taken)."""
+    return DestinationLock(destination, settings)._read()
+
+
 class DestinationLock:
     """Hold the destination's `lock.json` (in its state folder) for a `with` block."""
 
@@ -252,11 +266,7 @@ class DestinationLock:
         """Why this run may take the lock now, or None if it must wait."""
         if self.flow_run_id and holder.flow_run_id == self.flow_run_id:
             return "left by an earlier attempt of this flow run"
-        if holder.host == self._host and _process_is_gone(holder.pid):
-            return f"left by process {holder.pid}, which is gone"
-        if self._clock() - holder.heartbeat_at > self.stale_after_seconds:
-            return f"stale: no heartbeat for {self._clock() - holder.heartbeat_at:.0f} s"
-        return None
+        return gone_reason(holder, self._clock(), self.stale_after_seconds)
 
     # ------------------------------------------------------------------ lifecycle
 

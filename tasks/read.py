@@ -16,7 +16,9 @@ import pyarrow.compute as pc
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.sources import READ_ERROR_COLUMN, Source, SourceError, resolve_source
+from tasks.parts import Part, files_of, id_parts, in_part, parse_part, split_by
+from tasks.sources import READ_ERROR_COLUMN, Source, SourceError
+from tasks.sources import resolve_source as resolve_whole
 from tasks.storage import StorageSettings
 
 __all__ = [
@@ -30,11 +32,44 @@ __all__ = [
 ]
 
 
+def resolve_source(
+    url: str,
+    id_column: str = "id",
+    text_column: str = "text",
+    settings: StorageSettings | None = None,
+    part: Part | None = None,
+) -> Source:
+    """The source behind `url` (`tasks.sources`); with `part`, only that part of it
+    (`tasks.parts`): its own files, or every file with its rows picked by id."""
+    source = resolve_whole(url, id_column, text_column, settings)
+    if part is None:
+        return source
+    split = split_by(len(source.paths), part.count)
+    paths = files_of(source.paths, part) if split == "file" else source.paths
+    return replace(source, paths=paths, part=part, split=split)
+
+
 def iter_record_batches(
     source: Source, columns: list[str] | None = None
 ) -> Iterator[pa.RecordBatch]:
     """Stream the source in its stable order (e.g. files sorted by path, rows in file order)."""
-    return source.batches(columns)
+    if source.split != "id":
+        return source.batches(columns)
+    return _part_rows(source, columns)
+
+
+def _part_rows(source: Source, columns: list[str] | None) -> Iterator[pa.RecordBatch]:
+    """The rows of the source whose id hashes to its part."""
+    assert source.part is not None
+    wanted = (
+        columns if columns is None or source.id_column in columns else [*columns, source.id_column]
+    )
+    for batch in source.batches(wanted):
+        kept = batch.filter(in_part(batch.column(source.id_column), source.part))
+        if columns is not None and wanted != columns:
+            kept = kept.select(columns)
+        if kept.num_rows:
+            yield kept
 
 
 def iter_groups(source: Source, group_size: int) -> Iterator[pa.Table]:
@@ -102,14 +137,19 @@ def validate_source(
     text_column: str = "text",
     reserved_columns: list[str] | None = None,
     settings: StorageSettings | None = None,
+    part: str | None = None,
 ) -> Source:
     """Check the source before anything is submitted; returns it resolved, with its row count.
 
     Checks: it exists and is not empty, its Parquet files agree on column types, the id and
     text columns exist, ids are non-null and unique, and no source column collides with a
-    column the enrichments will add.
+    column the enrichments will add. With `part` ('K/N'), only that part of the source.
     """
-    source = resolve_source(url, id_column, text_column, settings).checked()
+    try:
+        wanted = parse_part(part)
+    except ValueError as exc:
+        raise SourceError(str(exc)) from None
+    source = resolve_source(url, id_column, text_column, settings, wanted).checked()
     schema = source.schema()
     _check_columns(source, schema)
     clashes = sorted(set(reserved_columns or ()) & set(schema.names))
@@ -126,7 +166,8 @@ def validate_source(
         nulls += batch_nulls
     num_rows = sum(len(p) for p in parts) + nulls
     if num_rows == 0:
-        raise SourceError(f"source {url!r} is empty: it has no rows to enrich")
+        of = f" in part {part}" if wanted else ""
+        raise SourceError(f"source {url!r} is empty{of}: it has no rows to enrich")
     if nulls:
         raise SourceError(
             f"id column {id_column!r} has {nulls} null value(s); every document needs an id"
@@ -140,3 +181,23 @@ def validate_source(
             f"{', '.join(examples)}. Deduplicate the source or choose a unique id_column."
         )
     return replace(source, columns=tuple(schema.names), num_rows=num_rows)
+
+
+def schema_of(source: Source) -> pa.Schema:
+    """The columns every row of the source is read with."""
+    return source.schema()
+
+
+def part_sizes(source: Source, count: int) -> list[int]:
+    """Rows in each of `count` parts of the whole source (`tasks.parts`), in part order."""
+    sizes = np.zeros(count, dtype=np.int64)
+    if split_by(len(source.paths), count) == "file":
+        for index, path in enumerate(source.paths):
+            one = replace(source, paths=(path,))
+            rows = sum(b.num_rows for b in one.batches([source.id_column]))
+            sizes[index % count] += rows
+    else:
+        for batch in iter_record_batches(source, [source.id_column]):
+            parts = id_parts(batch.column(0), count)
+            sizes += np.bincount(parts - 1, minlength=count)
+    return [int(size) for size in sizes]

@@ -16,6 +16,7 @@ from typing import ClassVar
 import fsspec
 import pyarrow as pa
 
+from tasks.parts import Part, SplitBy
 from tasks.storage import StorageSettings, filesystem
 
 # Per-row problems found while reading (e.g. an object that is not UTF-8). The merge turns
@@ -44,6 +45,10 @@ class Source:
     num_rows: int = 0
     # The folder the paths are found under: local text objects get ids relative to it.
     root: str = ""
+    # Only this part of the source is read (`tasks.parts`): `paths` are the part's own files
+    # (split by file), or every file with rows picked by id (`tasks.read`).
+    part: Part | None = None
+    split: SplitBy | None = None
 
     @property
     def filesystem(self) -> fsspec.AbstractFileSystem:

@@ -35,7 +35,7 @@ def _prefect(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_prefect_yaml_deploys_nightly_and_on_demand(prefect_api: str) -> None:
+def test_prefect_yaml_deploys_nightly_on_demand_and_partitioned(prefect_api: str) -> None:
     from prefect import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists
@@ -50,6 +50,7 @@ def test_prefect_yaml_deploys_nightly_and_on_demand(prefect_api: str) -> None:
     with get_client(sync_client=True) as client:
         nightly = client.read_deployment_by_name("enrich-documents/nightly")
         on_demand = client.read_deployment_by_name("enrich-documents/on-demand")
+        partitioned = client.read_deployment_by_name("enrich-partitioned/partitioned")
     assert [s.schedule.model_dump(include={"cron", "timezone"}) for s in nightly.schedules] == [
         {"cron": "0 2 * * *", "timezone": "Europe/Berlin"}
     ]
@@ -57,9 +58,14 @@ def test_prefect_yaml_deploys_nightly_and_on_demand(prefect_api: str) -> None:
     assert "Europe/Berlin" in (nightly.schedules[0].slug or "")
     assert on_demand.schedules == []
     assert nightly.parameters["mode"] == "incremental"
+    # The parts run as on-demand runs of the same pool.
+    assert partitioned.parameters["deployment"] == "enrich-documents/on-demand"
+    assert partitioned.parameters["output_format"] == "delta"
+    assert partitioned.entrypoint == "flows/partitioned.py:enrich_partitioned"
     for deployment in (nightly, on_demand):
-        assert deployment.work_pool_name == POOL
         assert deployment.entrypoint == "flows/enrich.py:enrich_documents"
+    for deployment in (nightly, on_demand, partitioned):
+        assert deployment.work_pool_name == POOL
         assert deployment.pull_steps == [
             {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
         ]
