@@ -26,7 +26,6 @@ from typing import Annotated, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from prefect import flow, get_client, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -51,7 +50,7 @@ from flows.run import storage_settings
 from flows.runners import check_task_runner
 from tasks.lock import DestinationLock, gone_reason, read_lock
 from tasks.merge import output_schema
-from tasks.parts import MAX_PARTS, Part, split_by
+from tasks.parts import MAX_PARTS, Part, id_hashes, split_by
 from tasks.paths import check_paths
 from tasks.read import part_sizes, schema_of, validate_source
 from tasks.sinks import make_sink
@@ -566,18 +565,6 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.Table:
     )
 
 
-def _id_hashes(ids: pa.Array) -> np.ndarray:
-    import hashlib
-
-    return np.fromiter(
-        (
-            int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little")
-            for v in pc.cast(ids, pa.string()).to_pylist()
-        ),
-        dtype=np.uint64,
-    )
-
-
 def _publish(
     runs: list[PartRun],
     rows_in: int,
@@ -601,7 +588,7 @@ def _publish(
                 reader = pq.ParquetFile(handle)
                 for batch in reader.iter_batches():
                     table = _conform(batch, sink.schema)
-                    hashes.append(_id_hashes(table.column(id_column)))
+                    hashes.append(id_hashes(table.column(id_column)))
                     sink.write(table)
                     rows += table.num_rows
         ids = np.sort(np.concatenate(hashes)) if hashes else np.empty(0, dtype=np.uint64)

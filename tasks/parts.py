@@ -63,21 +63,27 @@ def files_of(paths: tuple[str, ...], part: Part) -> tuple[str, ...]:
     return tuple(path for i, path in enumerate(paths) if i % part.count == part.index - 1)
 
 
-def id_parts(ids: pa.Array | pa.ChunkedArray, count: int) -> np.ndarray:
-    """The 1-based part of each id (null ids go to part 1, where validation refuses them)."""
-    values = pc.cast(ids, pa.string()).to_pylist()
+def id_hashes(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A stable 64-bit hash of each non-null id (as text), in order; nulls are skipped.
+
+    The one id hash of the project: source validation finds duplicates with it, and parts
+    are picked by it, so a night splits the same way whatever reads it."""
     return np.fromiter(
         (
-            1
-            if value is None
-            else int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "little")
-            % count
-            + 1
-            for value in values
+            int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "little")
+            for value in pc.cast(ids, pa.string()).to_pylist()
+            if value is not None
         ),
-        dtype=np.int64,
-        count=len(values),
+        dtype=np.uint64,
     )
+
+
+def id_parts(ids: pa.Array | pa.ChunkedArray, count: int) -> np.ndarray:
+    """The 1-based part of each id (null ids go to part 1, where validation refuses them)."""
+    parts = np.ones(len(ids), dtype=np.int64)
+    valid = pc.is_valid(ids).to_numpy(zero_copy_only=False)
+    parts[valid] = (id_hashes(ids) % np.uint64(count)).astype(np.int64) + 1
+    return parts
 
 
 def in_part(ids: pa.Array | pa.ChunkedArray, part: Part) -> pa.Array:

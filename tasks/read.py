@@ -6,7 +6,6 @@ makes one pass over the id column only, so bad input is refused before anything 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -16,7 +15,7 @@ import pyarrow.compute as pc
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.parts import Part, files_of, id_parts, in_part, parse_part, split_by
+from tasks.parts import Part, files_of, id_hashes, id_parts, in_part, parse_part, split_by
 from tasks.sources import READ_ERROR_COLUMN, Source, SourceError
 from tasks.sources import resolve_source as resolve_whole
 from tasks.storage import StorageSettings
@@ -105,17 +104,7 @@ def _check_columns(source: Source, schema: pa.Schema) -> None:
 
 def _id_hashes(batch: pa.RecordBatch | pa.Table, column: str) -> tuple[np.ndarray, int]:
     ids = batch.column(column)
-    nulls = ids.null_count
-    as_text = pc.cast(ids, pa.string()).to_pylist()
-    hashes = np.fromiter(
-        (
-            int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little")
-            for v in as_text
-            if v is not None
-        ),
-        dtype=np.uint64,
-    )
-    return hashes, nulls
+    return id_hashes(ids), ids.null_count
 
 
 def _find_duplicate_ids(source: Source, suspects: np.ndarray, limit: int = 5) -> list[str]:
