@@ -71,6 +71,9 @@ NEW_ATTEMPTS_PER_PART = 2
 # machine went away before it took its part's lock). Generous: validating a large part takes
 # a while, and a wrong guess only costs a second run that waits at the part's lock.
 SILENT_CHILD_SECONDS = 600.0
+# A child that recorded its part as succeeded normally reports Completed within a second or
+# two; past this, it is taken to have died while reporting and its part counts as done.
+REPORTING_GRACE_SECONDS = 30.0
 # Provenance key naming the night (job and generation) an output was published for.
 NIGHT_KEY = "batch_enrich.night"
 
@@ -491,12 +494,17 @@ def _output_run_id(item: PartRun, settings: StorageSettings | None) -> str | Non
 
 def _finished_unreported(item: PartRun, run: FlowRun, settings: StorageSettings | None) -> bool:
     """Whether the run wrote its part's output and recorded its generation as succeeded (the
-    last things it does before releasing its lock and reporting Completed)."""
+    last things it does before releasing its lock and reporting Completed) long enough ago
+    that it should have reported by now."""
     if _output_run_id(item, settings) != str(run.id):
         return False
     fs, root = filesystem(item.destination, settings)
     generation = read_json(fs, join(state_root(root), "generation.json")) or {}
-    return generation.get("status") == "succeeded"
+    recorded_at = float(generation.get("updated_at") or 0.0)
+    return (
+        generation.get("status") == "succeeded"
+        and time.time() - recorded_at > REPORTING_GRACE_SECONDS
+    )
 
 
 def _dead_reason(item: PartRun, run: FlowRun, settings: StorageSettings | None) -> str | None:

@@ -109,7 +109,9 @@ def test_a_child_without_a_lock_is_dead_only_after_a_long_silence(
     assert "no lock" in (_dead_reason(item, silent, None) or "")
 
 
-def test_a_child_that_wrote_its_part_and_died_reporting_is_done(tmp_path: Path) -> None:
+def test_a_child_that_wrote_its_part_and_died_reporting_is_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     item, run = _child(str(tmp_path / "part-1"))
     assert not _finished_unreported(item, run, None)
     Path(item.destination).mkdir()
@@ -120,4 +122,7 @@ def test_a_child_that_wrote_its_part_and_died_reporting_is_done(tmp_path: Path) 
     state = RunState(item.destination).begin(str(run.id))
     assert not _finished_unreported(item, run, None)  # written, not yet recorded
     state.finish(succeeded=True)
+    # Recorded a moment ago: it is still reporting Completed, give it time.
+    assert not _finished_unreported(item, run, None)
+    monkeypatch.setattr(partitioned, "REPORTING_GRACE_SECONDS", -1.0)
     assert _finished_unreported(item, run, None)
