@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -65,17 +66,24 @@ def prefect_server() -> Iterator[PrefectServer]:
         _release()
 
 
-@pytest.fixture
-def prefect_api(prefect_server: PrefectServer) -> Iterator[str]:
+@contextmanager
+def pointed_at(server: PrefectServer) -> Iterator[str]:
+    """This process (settings) and every process it starts (environment) talk to `server`."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     previous = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = prefect_server.api_url
+    os.environ["PREFECT_API_URL"] = server.api_url
     try:
-        with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
-            yield prefect_server.api_url
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield server.api_url
     finally:
         if previous is None:
             os.environ.pop("PREFECT_API_URL", None)
         else:
             os.environ["PREFECT_API_URL"] = previous
+
+
+@pytest.fixture
+def prefect_api(prefect_server: PrefectServer) -> Iterator[str]:
+    with pointed_at(prefect_server) as api_url:
+        yield api_url

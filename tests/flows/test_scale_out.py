@@ -38,7 +38,7 @@ from tests.flows.scale_out import (
     process_tree,
     wait_for,
 )
-from tests.prefect_server import prefect_server
+from tests.prefect_server import pointed_at, prefect_server
 
 __all__ = ["prefect_server"]
 
@@ -48,18 +48,8 @@ ENRICHMENT_NAMES = [e["name"] for e in ENRICHMENTS]
 @pytest.fixture(scope="module")
 def server_api(prefect_server: PrefectServer) -> Iterator[str]:
     """This process and every process it starts talk to the shared server."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    previous = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = prefect_server.api_url
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
-            yield prefect_server.api_url
-    finally:
-        if previous is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = previous
+    with pointed_at(prefect_server) as api_url:
+        yield api_url
 
 
 @pytest.fixture
