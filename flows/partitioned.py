@@ -44,20 +44,19 @@ from prefect.states import Crashed
 from pydantic import BaseModel, Field
 
 import tasks.lock
-from flows.backend import api_block, backend_label
+from flows.backend import backend_label
 from flows.enrich import enrich_documents
-from flows.run import storage_settings
+from flows.run import provenance, validate_job
 from flows.runners import check_task_runner
 from tasks.lock import DestinationLock, gone_reason, read_lock
 from tasks.merge import output_schema
 from tasks.parts import MAX_PARTS, Part, id_hashes, split_by
-from tasks.paths import check_paths
-from tasks.read import part_sizes, schema_of, validate_source
+from tasks.read import part_sizes, schema_of
 from tasks.sinks import make_sink
 from tasks.sinks.base import DELTA_LOG
 from tasks.sinks.delta import delta_storage_options, delta_url
 from tasks.sinks.parquet import OUTPUT_FILE
-from tasks.spec import described, parse_enrichments, spec_hash
+from tasks.spec import described, spec_hash
 from tasks.state import RunState, digest, state_folder, state_root
 from tasks.storage import StorageSettings, filesystem, join, read_json, remove
 
@@ -218,8 +217,6 @@ def enrich_partitioned(
 ) -> PartitionedReport:
     logger = get_run_logger()
     started = time.monotonic()
-    parsed = parse_enrichments(enrichments)
-    settings = storage_settings(storage_block)
     if not PREFECT_API_URL.value():
         raise PartitionError(
             "enrich-partitioned runs its parts on a work pool's workers, which a temporary "
@@ -227,9 +224,11 @@ def enrich_partitioned(
         )
     # The children check these too, but a mistake should stop the night before any part runs.
     check_task_runner(task_runner, dask_address, PREFECT_API_URL.value())
-    check_paths(source, destination, output_format, settings)
-    reserved = [column for e in parsed for column in e.columns]
-    resolved = validate_source(source, id_column, text_column, reserved, settings)
+    job = validate_job(
+        source, destination, enrichments, id_column, text_column, batch_api, shard_size, mode,
+        group_size, storage_block, output_format,
+    )  # fmt: skip
+    parsed, settings, resolved = job.enrichments, job.settings, job.source
     deployment_id = _deployment_id(deployment)
     sizes = part_sizes(resolved, parts)
     split = split_by(len(resolved.paths), parts)
@@ -291,13 +290,7 @@ def enrich_partitioned(
             _run_parts(runs, deployment, deployment_id, key, common, settings, lock, logger)
             report.parts = [_part_report(item) for item in runs]
             metadata = {
-                "batch_enrich.backend": backend_label(batch_api, api_block(batch_api)),
-                "batch_enrich.flow_run_id": run_id,
-                "batch_enrich.spec_hash": spec_hash(parsed),
-                "batch_enrich.enrichments": json.dumps([e.model_dump(mode="json") for e in parsed]),
-                "batch_enrich.generation": str(state.generation),
-                "batch_enrich.mode": mode,
-                "batch_enrich.written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                **provenance(backend_label(batch_api, job.api), parsed, state, mode),
                 "batch_enrich.parts": json.dumps(
                     {str(r.part): str(r.run.id) for r in runs if r.run}
                 ),

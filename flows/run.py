@@ -253,10 +253,12 @@ def make_engine(job: Job, state: RunState, backend: Backend, options: RunOptions
 
 
 def provenance(
-    backend: Backend, enrichments: list[Enrichment], state: RunState, mode: str
+    backend_label: str, enrichments: list[Enrichment], state: RunState, mode: str
 ) -> dict[str, str]:
+    """The run's provenance, written with its output (Parquet key-value metadata, Delta commit
+    metadata)."""
     return {
-        "batch_enrich.backend": backend.label,
+        "batch_enrich.backend": backend_label,
         "batch_enrich.flow_run_id": str(flow_run.get_id() or ""),
         "batch_enrich.spec_hash": spec_hash(enrichments),
         "batch_enrich.enrichments": json.dumps([e.model_dump(mode="json") for e in enrichments]),
@@ -276,7 +278,7 @@ class _Output:
     def write(self, group: pa.Table, lines: Any, results: pa.Table) -> pa.Table:
         job = self.job
         if self.sink is None:
-            metadata = provenance(self.backend, job.enrichments, self.state, job.mode)
+            metadata = provenance(self.backend.label, job.enrichments, self.state, job.mode)
             sink = make_sink(job.output_format, job.destination, self.state, job.settings)
             sink.open(output_schema(group.schema, job.enrichments, metadata), metadata)
             self.sink = sink
