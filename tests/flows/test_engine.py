@@ -129,7 +129,15 @@ def test_a_good_run_shows_only_completed_task_states(
                 for run in runs
             }
 
+    # Task run states reach the server as events, recorded a moment after the flow returns:
+    # wait until every task run's history has reached a final state before reading it.
+    deadline = time.monotonic() + 30
     history = asyncio.run(states())
+    while time.monotonic() < deadline and any(
+        seen[-1] in ("Pending", "Running") for seen in history.values()
+    ):
+        time.sleep(0.5)
+        history = asyncio.run(states())
     assert "run-batches" in {name.split("-")[0] + "-batches" for name in history if "run-" in name}
     assert any(name.startswith("prepare-group") for name in history)
     for name, seen in history.items():
