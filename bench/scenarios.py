@@ -291,7 +291,7 @@ LATENCY_HEADERS = [
 
 
 def bench_latency_case(case: LatencyCase, args: argparse.Namespace, work: Path) -> list[str]:
-    from batchapi.emulator.runner import emulator_process
+    from batchapi.emulator.process import emulator_process
     from flows.sample_corpus import write_corpus
 
     shard = args.latency_shard_size

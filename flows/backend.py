@@ -106,7 +106,7 @@ def resolve_backend(
     succeeds, that is until the `with` block ends without an exception: a rerun after a crash
     then finds the batches the crashed run submitted."""
     if batch_api == EMBEDDED:
-        from batchapi.emulator.runner import emulator_process
+        from batchapi.emulator.process import emulator_process
 
         key = SecretStr(secrets.token_urlsafe(24))
         database = embedded_db_path(destination, settings)

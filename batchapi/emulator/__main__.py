@@ -67,7 +67,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=float,
         default=defaults.latency,
         metavar="SECONDS",
-        help="minimum time each batch is shown in progress (default: %(default)s)",
+        help="minimum time from a batch's acceptance to its terminal status, as a remote "
+        "provider's batches take however busy this emulator is (default: %(default)s)",
     )
     parser.add_argument(
         "--latency-jitter",

@@ -31,7 +31,9 @@ class EmulatorConfig(BaseModel):
     max_lines: int | None = Field(default=None, ge=1)
     max_bytes: int = Field(default=_DEFAULT_LIMITS.max_bytes, ge=1)
     # GAP: how long a batch stays in each status is undocumented; configurable, instant by default.
-    latency: float = Field(default=0.0, ge=0.0, description="Minimum seconds in_progress.")
+    latency: float = Field(
+        default=0.0, ge=0.0, description="Minimum seconds from acceptance to a terminal status."
+    )
     latency_jitter: float = Field(
         default=0.0,
         ge=0.0,

@@ -1,4 +1,6 @@
-"""How long a batch stays in progress: `latency`, optionally with a seeded jitter.
+"""How long a batch takes from acceptance to its terminal status: `latency`, optionally with a
+seeded jitter. The clock starts when the batch is accepted, not when the emulator's own worker
+gets to it, so the emulator's queue on a busy machine does not add to it.
 
 With `latency_jitter` = sigma > 0, batch number `seq` takes
 
@@ -24,7 +26,7 @@ _EPSILON = 1e-12
 
 
 def in_progress_seconds(config: EmulatorConfig, seq: int) -> float:
-    """Minimum seconds batch `seq` is shown in progress."""
+    """Minimum seconds from batch `seq`'s acceptance to its terminal status."""
     if config.latency <= 0 or config.latency_jitter <= 0:
         return config.latency
     uniform = min(max(draw(config.seed, "latency", seq), _EPSILON), 1 - _EPSILON)

@@ -148,7 +148,9 @@ class Worker:
         self._store = store
         self._config = config
         self._clock = clock
-        self._queue: queue.Queue[str | None] = queue.Queue()
+        # Each batch with the moment it was accepted: its latency runs from then, as a remote
+        # provider's does, not from when this emulator's own queue got to it.
+        self._queue: queue.Queue[tuple[str, float] | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._pool: Executor | None = None
         self._stopping = threading.Event()
@@ -157,15 +159,16 @@ class Worker:
         if self._config.workers > 1:
             # spawn: forking a process that runs threads (uvicorn, sqlite) is unsafe.
             self._pool = ProcessPoolExecutor(self._config.workers, mp_context=get_context("spawn"))
+        restarted = self._clock()
         for batch_id in self._store.unfinished():
-            self._queue.put(batch_id)
+            self._queue.put((batch_id, restarted))
         for number in range(self._config.workers):
             thread = threading.Thread(target=self._loop, name=f"batch-worker-{number}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
     def submit(self, batch_id: str) -> None:
-        self._queue.put(batch_id)
+        self._queue.put((batch_id, self._clock()))
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop after the batches being processed; queued ones resume on the next start."""
@@ -186,16 +189,17 @@ class Worker:
             self._pool = None
 
     def _loop(self) -> None:
-        while (batch_id := self._queue.get()) is not None:
+        while (item := self._queue.get()) is not None:
+            batch_id, accepted = item
             try:
-                self._process(batch_id)
+                self._process(batch_id, accepted)
             except Exception:
                 if self._stopping.is_set():
                     return  # left unfinished in the store: the next start resumes it
                 log.exception("batch %s could not be processed", batch_id)
                 self._fail_internally(batch_id)
 
-    def _process(self, batch_id: str) -> None:
+    def _process(self, batch_id: str, accepted: float) -> None:
         batch = self._store.get(batch_id)
         request = self._store.request_of(batch_id)
         if batch is None or request is None or batch.status.is_terminal:
@@ -218,7 +222,7 @@ class Worker:
                 result = self._pool.submit(process_request, request, batch.seq, config).result()
             else:
                 result = process_request(request, batch.seq, config)
-        visible_at = max(self._clock(), started + in_progress_seconds(config, batch.seq))
+        visible_at = max(self._clock(), accepted + in_progress_seconds(config, batch.seq))
         self._store.finish(
             batch_id,
             status,

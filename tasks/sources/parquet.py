@@ -98,7 +98,15 @@ class ParquetSource(Source):
             format=_FORMAT,
             filesystem=None if is_local(fs) else fs,
         )
-        scanner = dataset.scanner(columns=columns, batch_size=_SCAN_BATCH_ROWS, use_threads=False)
+        scanner = dataset.scanner(
+            columns=columns,
+            batch_size=_SCAN_BATCH_ROWS,
+            use_threads=False,
+            # Arrow's defaults (16 batches, 4 files) read ahead as fast as the disk allows:
+            # a flow that merges slower than it reads held most of a large source in memory.
+            batch_readahead=1,
+            fragment_readahead=1,
+        )
         for batch in scanner.to_batches():
             if batch.num_rows:
                 yield batch

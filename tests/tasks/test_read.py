@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -153,3 +155,24 @@ def test_text_objects_in_a_local_folder_keep_their_ids_when_the_folder_moves(tmp
     assert _ids(str(moved / "*.txt")) == ["a.txt"]
     assert _ids(str(moved / "2026" / "*" / "b.m?")) == ["11/b.md"]
     assert _ids(str(moved / "a.txt")) == ["a.txt"]
+
+
+def test_reading_a_large_file_holds_a_few_batches_not_the_file(tmp_path) -> None:
+    # Arrow's scanner reads ahead as fast as the disk allows unless told otherwise; a flow
+    # that merges slower than it reads would then hold most of a large source in memory.
+    rows, chars = 360_000, 500
+    ids = [f"d{i:07d}" for i in range(rows)]
+    table = pa.table({"id": ids, "text": [(i * 55)[:chars] for i in ids]})
+    pq.write_table(table, tmp_path / "big.parquet", row_group_size=10_000)
+    file_mb = table.nbytes / 2**20
+    del table, ids
+    source = resolve_source(str(tmp_path / "big.parquet"))
+    baseline = pa.total_allocated_bytes()
+    held = []
+    for group in iter_groups(source, 2_000):
+        time.sleep(0.005)  # a slow consumer, as the flow is
+        held.append((pa.total_allocated_bytes() - baseline) / 2**20)
+        del group
+    assert len(held) == rows // 2_000
+    assert file_mb > 150
+    assert max(held) < file_mb / 4, f"held up to {max(held):.0f} MB of a {file_mb:.0f} MB file"
