@@ -65,7 +65,7 @@ RETRYABLE_LINE_CODES = frozenset({"server_error", "rate_limited", "batch_failed"
 # With no answer at all from the API this long, the run stops: nothing has been paid yet.
 UNREACHABLE_AFTER_SECONDS = 30.0
 # Polls and output downloads on the wire at once.
-MAX_CONCURRENT_POLLS = 16
+MAX_CONCURRENT_POLLS = 8
 # The polling budget per batch that finishes (see BatchEngine._poll_rate).
 POLLS_PER_FINISHED_BATCH = 3.0
 # A batch id is written with the next shard's intent, or after this long at the latest.
@@ -735,9 +735,7 @@ class BatchEngine:
 
     def _start_polls(self, now: float) -> None:
         rate = self._poll_rate(now)
-        # A second's worth at least: batches sent together finish together, and their second
-        # looks should not queue behind one another for longer than the poll interval.
-        burst = max(2.0, rate * max(1.0, self.options.poll_interval_seconds))
+        burst = max(2.0, rate * self.options.poll_interval_seconds)
         self._poll_tokens = min(burst, self._poll_tokens + (now - self._tokens_at) * rate)
         self._tokens_at = now
         self._next_poll_at = None

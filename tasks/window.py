@@ -87,12 +87,9 @@ class PollSchedule:
             low, high = cut[1], cut[17]  # the 10th and 90th percentiles
         else:
             low = high = min(self._durations)
-        interval = self.poll_interval
-        # Durations this tight (a fixed latency, a steady queue) make a look before most of
-        # them finish a wasted poll: look when nine in ten are done, at most half an interval
-        # after the first of them.
-        self._low = high if high - low <= interval / 2 else 0.98 * low
+        self._low = 0.98 * low
         self._high = high
+        interval = self.poll_interval
         self._step = min(interval, max(interval / 4, (high - low) / 8))
 
     @property
