@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from batchapi.models import (
     BODIES,
@@ -47,7 +47,7 @@ class ModelSpec:
     body: type[BaseModel]  # the request body, on the wire
     params: type[BaseModel]  # the body without `text` and `model`
     result: type[BaseModel]  # `choices[0].message.content` of an output line
-    stored: type[BaseModel]  # what a results store keeps of the result
+    stored: type  # what a results store keeps of the result: a TypedDict
     # The Arrow schema of a stored result (as JSON) that reaches the output.
     stored_schema: Callable[[Any], pa.Schema]
     # The output fields of an enrichment, `name_error` aside.
@@ -171,11 +171,16 @@ def model_spec(model: str) -> ModelSpec:
         ) from None
 
 
-def decode_content(
-    custom_id: str, model: str, content: str | bytes, stored: bool = False
-) -> BaseModel:
-    """`choices[0].message.content` as the domain result of `model` (or, with `stored`, the
-    part of it a results store keeps), in one validating parse.
+# One validator per stored shape, built once.
+_STORED: dict[str, TypeAdapter[Any]] = {
+    name: TypeAdapter(spec.stored) for name, spec in REGISTRY.items()
+}
+
+
+def decode_content(custom_id: str, model: str, content: str | bytes, stored: bool = False) -> Any:
+    """`choices[0].message.content` as the domain result of `model` (a model instance) or,
+    with `stored`, the part of it a results store keeps (a plain dict), in one validating
+    parse.
 
     Raises DecodeError when the model is unknown, or the content is not JSON or does not fit.
     """
@@ -183,7 +188,9 @@ def decode_content(
     if spec is None:
         raise DecodeError(f"line {custom_id!r}: unknown model {model!r}")
     try:
-        return (spec.stored if stored else spec.result).model_validate_json(content)
+        if stored:
+            return _STORED[model].validate_json(content)
+        return spec.result.model_validate_json(content)
     except ValueError as exc:
         raise DecodeError(
             f"line {custom_id!r}: content is not a valid {model} result: {exc}"

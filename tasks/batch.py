@@ -173,7 +173,7 @@ def _error_row(custom_id: str, code: str, message: str, attempt: int) -> dict[st
 def _ok_row(custom_id: str, result: Any, attempt: int) -> dict[str, Any]:
     return {
         "custom_id": custom_id,
-        "result": result.model_dump_json(),
+        "result": orjson.dumps(result).decode(),
         "error": None,
         "error_code": None,
         "attempts": attempt,
