@@ -67,7 +67,7 @@ UNREACHABLE_AFTER_SECONDS = 30.0
 # Polls and output downloads on the wire at once.
 MAX_CONCURRENT_POLLS = 8
 # The polling budget per batch that finishes (see BatchEngine._poll_rate).
-POLLS_PER_FINISHED_BATCH = 3.0
+POLLS_PER_FINISHED_BATCH = 2.0
 # A batch id is written with the next shard's intent, or after this long at the latest.
 SETTLE_AFTER_SECONDS = 0.5
 # How often the progress artifact moves, and how often a status line is logged.
@@ -264,6 +264,42 @@ def decode_output(
     return _rows(shard, model_of, found)
 
 
+class _Wakeup:
+    """What wakes the engine's loop: `set` (in the loop's thread) or a timeout. An
+    `asyncio.Event` waited on with a timeout costs a task, a wait and a cancellation per
+    wakeup, and the loop wakes once per poll."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self, timeout: float) -> None:
+        if self._set or timeout <= 0:
+            await asyncio.sleep(0)
+            return
+        waiter = self._waiter = self._loop.create_future()
+        alarm = self._loop.call_later(timeout, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            alarm.cancel()
+            self._waiter = None
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 @dataclass(eq=False)
 class _Work:
     """One shard on its way: queued, on the wire, open at the provider, or recorded."""
@@ -313,7 +349,7 @@ class BatchEngine:
         self.report = EngineReport()
         self._inbox: deque[Callable[[], None]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._event: asyncio.Event | None = None
+        self._event: _Wakeup | None = None
         self._queue: list[tuple[int, int, int, _Work]] = []
         self._seq = itertools.count()
         self._open: dict[str, _Work] = {}
@@ -384,7 +420,7 @@ class BatchEngine:
 
     async def run(self) -> EngineReport:
         self._loop = asyncio.get_running_loop()
-        self._event = asyncio.Event()
+        self._event = _Wakeup(self._loop)
         self._fatal = None
         # The first status line comes after FIRST_STATUS_SECONDS, then about once a minute.
         self._last_status = time.monotonic() - STATUS_EVERY_SECONDS + FIRST_STATUS_SECONDS
@@ -436,15 +472,7 @@ class BatchEngine:
 
     async def _sleep_until(self, when: float) -> None:
         assert self._event is not None
-        delay = when - time.monotonic()
-        if delay <= 0:
-            await asyncio.sleep(0)
-            return
-        waiter = asyncio.ensure_future(self._event.wait())
-        try:
-            await asyncio.wait([waiter], timeout=delay)
-        finally:
-            waiter.cancel()
+        await self._event.wait(when - time.monotonic())
 
     def _next_wakeup(self, now: float) -> float:
         every = max(PROGRESS_EVERY_SECONDS, self.options.poll_interval_seconds)
