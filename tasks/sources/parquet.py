@@ -104,6 +104,8 @@ class ParquetSource(Source):
             use_threads=False,
             # Arrow's defaults (16 batches, 4 files) read ahead as fast as the disk allows:
             # a flow that merges slower than it reads held most of a large source in memory.
+            # One batch ahead still overlaps reading with the work; the source is never what
+            # a night waits for (the provider's window is).
             batch_readahead=1,
             fragment_readahead=1,
         )
