@@ -553,7 +553,11 @@ def main(argv: list[str] | None = None) -> int:
         "--latency-shard-size", type=int, default=12, help="lines per batch (default 12)"
     )
     latency.add_argument(
-        "--emulator-workers", type=int, default=1, help="--workers of the emulator CLI"
+        "--emulator-workers",
+        type=int,
+        default=None,
+        help="--workers of the emulator CLI (default: the embedded backend's, one per core up "
+        "to 4, so its engine runs beside its HTTP server, not under the same lock)",
     )
     s3 = parser.add_argument_group("s3 scenario")
     s3.add_argument("--s3-docs", type=int, default=4000)

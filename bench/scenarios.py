@@ -315,7 +315,10 @@ def bench_latency_case(case: LatencyCase, args: argparse.Namespace, work: Path) 
         f"~{SHORT_CHARS} chars in {shard}-line batches (~{batches_wanted} batches)",
         flush=True,
     )
-    with emulator_process(api_key=key, workers=args.emulator_workers, extra_args=extra) as emu:
+    from flows.backend import embedded_workers
+
+    workers = args.emulator_workers or embedded_workers()
+    with emulator_process(api_key=key, workers=workers, extra_args=extra) as emu:
         measured = run_flow_child(
             {
                 "source": source,

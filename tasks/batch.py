@@ -66,8 +66,12 @@ RETRYABLE_LINE_CODES = frozenset({"server_error", "rate_limited", "batch_failed"
 UNREACHABLE_AFTER_SECONDS = 30.0
 # Polls and output downloads on the wire at once.
 MAX_CONCURRENT_POLLS = 8
-# The polling budget per batch that finishes (see BatchEngine._poll_rate).
-POLLS_PER_FINISHED_BATCH = 2.0
+# The polling budget per batch that finishes (see BatchEngine._poll_rate). A batch's first
+# looks are outside it: the one when batches like it usually finish, and the one a step later.
+# Batches sent together finish together, and a budget measured on the completions seen so far
+# would ration the very looks that see them finish.
+FREE_LOOKS = 2
+POLLS_PER_FINISHED_BATCH = 3.0
 # A batch id is written with the next shard's intent, or after this long at the latest.
 SETTLE_AFTER_SECONDS = 0.5
 # How often the progress artifact moves, and how often a status line is logged.
@@ -309,6 +313,7 @@ class _Work:
     batch_id: str | None = None
     submitted_at: float = 0.0  # monotonic
     seen_open_at: float = 0.0  # monotonic: the last answer that said it was not done yet
+    looks_open: int = 0  # answers since its submission that said it was not done yet
     next_poll: float = 0.0
     in_doubt: bool = False
     busy: bool = False  # a poll or download of it is on the wire
@@ -353,7 +358,7 @@ class BatchEngine:
         self._queue: list[tuple[int, int, int, _Work]] = []
         self._seq = itertools.count()
         self._open: dict[str, _Work] = {}
-        # Open batches by when to poll them: those never seen open yet, and those seen open.
+        # Open batches by when to poll them: their first looks (FREE_LOOKS), and the rest.
         self._first_polls: list[tuple[float, int, _Work]] = []
         self._polls: list[tuple[float, int, _Work]] = []
         self._on_wire: set[_Work] = set()
@@ -549,6 +554,7 @@ class BatchEngine:
             if earlier is not None and earlier.batch_id is not None:
                 work.batch_id = earlier.batch_id
                 work.submitted_at = work.seen_open_at = now
+                work.looks_open = 0
                 self._open[shard.shard_id] = work
                 self._schedule_poll(work, now)
                 job.reattached += 1
@@ -678,6 +684,7 @@ class BatchEngine:
         self._on_wire.discard(work)
         work.batch_id = batch.id
         work.submitted_at = work.seen_open_at = now
+        work.looks_open = 0
         self._open[shard.shard_id] = work
         self._schedule_poll(work, now)
         work.job.submitted += 1
@@ -746,8 +753,7 @@ class BatchEngine:
         self._push_poll(work)
 
     def _push_poll(self, work: _Work) -> None:
-        first_look = work.seen_open_at <= work.submitted_at
-        heap = self._first_polls if first_look else self._polls
+        heap = self._first_polls if work.looks_open < FREE_LOOKS else self._polls
         heapq.heappush(heap, (work.next_poll, next(self._seq), work))
 
     def _poll_rate(self, now: float) -> float:
@@ -767,8 +773,8 @@ class BatchEngine:
         self._poll_tokens = min(burst, self._poll_tokens + (now - self._tokens_at) * rate)
         self._tokens_at = now
         self._next_poll_at = None
-        # A batch's first look, when batches like it usually finish, is always allowed; the
-        # budget rations the looks again at batches seen still open.
+        # A batch's first looks, when batches like it usually finish and a step later, are
+        # always allowed; the budget rations the looks at batches seen open longer.
         self._drain_polls(self._first_polls, now, None)
         self._drain_polls(self._polls, now, rate)
 
@@ -826,6 +832,7 @@ class BatchEngine:
                 return
             self._answered()
             work.seen_open_at = time.monotonic()
+            work.looks_open += 1
             self._schedule_poll(work, work.seen_open_at)
         finally:
             work.busy = False
