@@ -66,12 +66,12 @@ RETRYABLE_LINE_CODES = frozenset({"server_error", "rate_limited", "batch_failed"
 UNREACHABLE_AFTER_SECONDS = 30.0
 # Polls and output downloads on the wire at once.
 MAX_CONCURRENT_POLLS = 8
-# The polling budget per batch that finishes (see BatchEngine._poll_rate). A batch's first
-# looks are outside it: the one when batches like it usually finish, and the one a step later.
-# Batches sent together finish together, and a budget measured on the completions seen so far
-# would ration the very looks that see them finish.
-FREE_LOOKS = 2
+# The polling budget per batch that finishes (see BatchEngine._poll_rate).
 POLLS_PER_FINISHED_BATCH = 3.0
+# A batch's first looks are outside that budget: the one when batches like it usually finish,
+# and the one a step later. Batches sent together finish together, and a budget measured on the
+# completions seen so far would ration the very looks that see them finish.
+FREE_LOOKS = 2
 # A batch id is written with the next shard's intent, or after this long at the latest.
 SETTLE_AFTER_SECONDS = 0.5
 # How often the progress artifact moves, and how often a status line is logged.
