@@ -292,6 +292,7 @@ LATENCY_HEADERS = [
 
 def bench_latency_case(case: LatencyCase, args: argparse.Namespace, work: Path) -> list[str]:
     from batchapi.emulator.process import emulator_process
+    from flows.backend import embedded_workers
     from flows.sample_corpus import write_corpus
 
     shard = args.latency_shard_size
@@ -315,8 +316,6 @@ def bench_latency_case(case: LatencyCase, args: argparse.Namespace, work: Path) 
         f"~{SHORT_CHARS} chars in {shard}-line batches (~{batches_wanted} batches)",
         flush=True,
     )
-    from flows.backend import embedded_workers
-
     workers = args.emulator_workers or embedded_workers()
     with emulator_process(api_key=key, workers=workers, extra_args=extra) as emu:
         measured = run_flow_child(

@@ -268,42 +268,6 @@ def decode_output(
     return _rows(shard, model_of, found)
 
 
-class _Wakeup:
-    """What wakes the engine's loop: `set` (in the loop's thread) or a timeout. An
-    `asyncio.Event` waited on with a timeout costs a task, a wait and a cancellation per
-    wakeup, and the loop wakes once per poll."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._set = False
-        self._waiter: asyncio.Future[None] | None = None
-
-    def set(self) -> None:
-        self._set = True
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def clear(self) -> None:
-        self._set = False
-
-    async def wait(self, timeout: float) -> None:
-        if self._set or timeout <= 0:
-            await asyncio.sleep(0)
-            return
-        waiter = self._waiter = self._loop.create_future()
-        alarm = self._loop.call_later(timeout, _wake, waiter)
-        try:
-            await waiter
-        finally:
-            alarm.cancel()
-            self._waiter = None
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
 @dataclass(eq=False)
 class _Work:
     """One shard on its way: queued, on the wire, open at the provider, or recorded."""
@@ -354,7 +318,7 @@ class BatchEngine:
         self.report = EngineReport()
         self._inbox: deque[Callable[[], None]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._event: _Wakeup | None = None
+        self._event: asyncio.Event | None = None
         self._queue: list[tuple[int, int, int, _Work]] = []
         self._seq = itertools.count()
         self._open: dict[str, _Work] = {}
@@ -425,7 +389,7 @@ class BatchEngine:
 
     async def run(self) -> EngineReport:
         self._loop = asyncio.get_running_loop()
-        self._event = _Wakeup(self._loop)
+        self._event = asyncio.Event()
         self._fatal = None
         # The first status line comes after FIRST_STATUS_SECONDS, then about once a minute.
         self._last_status = time.monotonic() - STATUS_EVERY_SECONDS + FIRST_STATUS_SECONDS
@@ -477,7 +441,15 @@ class BatchEngine:
 
     async def _sleep_until(self, when: float) -> None:
         assert self._event is not None
-        await self._event.wait(when - time.monotonic())
+        delay = when - time.monotonic()
+        if delay <= 0:
+            await asyncio.sleep(0)
+            return
+        waiter = asyncio.ensure_future(self._event.wait())
+        try:
+            await asyncio.wait([waiter], timeout=delay)
+        finally:
+            waiter.cancel()
 
     def _next_wakeup(self, now: float) -> float:
         every = max(PROGRESS_EVERY_SECONDS, self.options.poll_interval_seconds)
