@@ -277,7 +277,7 @@ class _Work:
     batch_id: str | None = None
     submitted_at: float = 0.0  # monotonic
     seen_open_at: float = 0.0  # monotonic: the last answer that said it was not done yet
-    looks_open: int = 0  # answers since its submission that said it was not done yet
+    looks_open: int = 0  # answers since its first look was set that said it was not done yet
     next_poll: float = 0.0
     in_doubt: bool = False
     busy: bool = False  # a poll or download of it is on the wire
@@ -721,12 +721,32 @@ class BatchEngine:
     # ------------------------------------------------------------------ polling
 
     def _schedule_poll(self, work: _Work, now: float) -> None:
-        work.next_poll = self.schedule.next_poll(work.submitted_at, now)
+        work.next_poll = self.schedule.next_poll(work.submitted_at, now, self._is_probe(work))
         self._push_poll(work)
 
+    def _is_probe(self, work: _Work) -> bool:
+        """Until a batch has finished, the oldest open one is looked at every poll interval:
+        it tells when batches like it finish, and the others wait for that."""
+        if self.schedule.expected is not None:
+            return False
+        return next(iter(self._open.values()), None) is work
+
     def _push_poll(self, work: _Work) -> None:
-        heap = self._first_polls if work.looks_open < FREE_LOOKS else self._polls
+        known = self.schedule.expected is not None
+        free = (known and work.looks_open < FREE_LOOKS) or self._is_probe(work)
+        heap = self._first_polls if free else self._polls
         heapq.heappush(heap, (work.next_poll, next(self._seq), work))
+
+    def _first_estimate(self, now: float) -> None:
+        """The first batch finished: the open batches' next looks, backing off or waiting for
+        the budget until now, become first looks when batches like them finish."""
+        for work in self._open.values():
+            if not work.busy:
+                work.next_poll = max(
+                    now, self.schedule.next_poll(work.submitted_at, work.submitted_at)
+                )
+                work.looks_open = 0
+                self._push_poll(work)
 
     def _poll_rate(self, now: float) -> float:
         """Polls per second the run may spend: a couple per finished batch and at least one
@@ -828,10 +848,13 @@ class BatchEngine:
         """The provider says the batch is done: its slot is free before its output is read."""
         self._open.pop(work.shard.shard_id, None)
         self.window.finished()
+        known = self.schedule.expected is not None
         self.schedule.finished(
             max(0.0, work.seen_open_at - work.submitted_at), now - work.submitted_at
         )
         self._completions.append(now)
+        if not known:
+            self._first_estimate(now)
         self._poll_older(work, now)
 
     def _reopen(self, work: _Work) -> None:

@@ -8,10 +8,11 @@ on their own:
   burst of refusals), and every finished batch grows it back by 1/window, so the window regains
   one slot per window's worth of finished batches (TCP's congestion avoidance). A provider that
   caps open batches at N is then run at 90-100% of N instead of being pushed into 429s.
-- `PollSchedule`: a batch is first looked at when batches like it usually finish (a low
-  quantile of the durations seen so far), then every poll interval, backing off slowly for
-  stragglers. On an API that takes minutes this keeps polls to a few per batch without
-  noticing a finished batch later than one poll interval.
+- `PollSchedule`: a batch is first looked at when batches like it usually finish (half a step
+  before a low quantile of the durations seen so far), then in steps of at most a poll
+  interval, backing off slowly for stragglers. Until anything has finished, only the oldest
+  open batch (a probe) is looked at every interval. On an API that takes minutes this keeps
+  polls to about two per batch, and a batch of a fixed duration is seen done within a step.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class PollSchedule:
 
     For each finished batch the engine reports the age at which it was last seen open and the
     age at which it was seen finished, which bound when it finished. A new batch is first polled
-    just before batches like it usually finish (a low quantile of those estimates),
+    half a step before batches like it usually finish (a low quantile of those estimates),
     then in short steps while batches like it are finishing (a quarter of the poll interval
     when they all take about as long, up to the poll interval when their durations spread), and
     past the usual range with a slow backoff for stragglers, at most ten poll intervals apart.
@@ -72,12 +73,14 @@ class PollSchedule:
     def finished(self, last_seen_open: float, seen_finished: float) -> None:
         """A batch was last seen open `last_seen_open` seconds after it was submitted, and
         finished `seen_finished` seconds after."""
-        # It finished in between. A wide gap (the last look was long before) says little, and
-        # its midpoint would pull the estimate early: take half an interval before instead.
+        # It finished in between. A wide gap (the last look was long before, often its
+        # submission) says little, and its midpoint would pull the estimate far too early: take
+        # half a step before instead, so first looks that keep finding batches done come half a
+        # step earlier each time, until one finds a batch still open.
         if seen_finished - last_seen_open <= 2 * self.poll_interval:
             self._durations.append((last_seen_open + seen_finished) / 2)
         else:
-            self._durations.append(seen_finished - self.poll_interval / 2)
+            self._durations.append(max(last_seen_open, seen_finished - self._step / 2))
         self._since_estimate += 1
         if len(self._durations) > 16 and self._since_estimate < 16:
             return
@@ -87,26 +90,32 @@ class PollSchedule:
             low, high = cut[1], cut[17]  # the 10th and 90th percentiles
         else:
             low = high = min(self._durations)
-        self._low = 0.98 * low
-        self._high = high
         interval = self.poll_interval
         self._step = min(interval, max(interval / 4, (high - low) / 8))
+        # Half a step early: the first look finds a batch open or just done, and the second, a
+        # step later, finds it done. (A fixed fraction early would be seconds early for batches
+        # that take minutes, and their third looks come out of the polling budget.)
+        self._low = max(0.0, low - self._step / 2)
+        self._high = high
 
     @property
     def expected(self) -> float | None:
         """When a batch is first looked at, in seconds after its submission."""
         return self._low
 
-    def next_poll(self, submitted_at: float, now: float) -> float:
-        """When to poll a batch submitted at `submitted_at` (monotonic seconds) next."""
+    def next_poll(self, submitted_at: float, now: float, probe: bool = False) -> float:
+        """When to poll a batch submitted at `submitted_at` (monotonic seconds) next. Until a
+        batch has finished, a `probe` (the oldest open batch, which usually finishes first) is
+        looked at every poll interval and the others back off."""
         age = now - submitted_at
         interval = self.poll_interval
         if self._low is None:
+            if probe:
+                return now + interval
             return now + min(max(interval, age / 8), 10 * interval)
         first = submitted_at + max(self._low, min(interval, self._step))
-        if first > now:
-            return first
-        if age < self._high + interval:
-            return now + self._step
+        if first > now or age < self._high + interval:
+            # (At least a step after a look: the estimate may have moved since the last one.)
+            return max(first, now + self._step)
         overdue = age - self._high
         return now + min(max(interval, overdue / 8), 10 * interval)

@@ -155,3 +155,20 @@ def test_an_api_that_never_answers_fails_early_naming_the_url(tmp_path) -> None:
     assert dead in message and "nothing was submitted" in message
     assert "reachable" in message
     assert engine.report.batches_submitted == 0
+
+
+def test_batches_of_a_fixed_duration_are_polled_about_twice_each(
+    tmp_path, emulator_factory: Callable[..., RunningEmulator]
+) -> None:
+    # 40 batches of 1 s, 8 open at once: five rounds. Until the first one finishes only the
+    # oldest is polled every interval; after that each batch is looked at just before it
+    # usually finishes and a step later.
+    emulator = emulator_factory(latency=1.0, workers=2)
+    engine, futures = _engine(
+        tmp_path, emulator.base_url, documents=40, groups=4, max_lines=3,
+        poll_interval_seconds=0.1,
+    )  # fmt: skip
+    report = asyncio.run(engine.run())
+    assert sum(f.result(timeout=0).results.num_rows for f in futures) == 120  # 3 per document
+    assert report.batches_submitted == 40
+    assert report.polls <= 2.5 * report.batches_submitted

@@ -40,11 +40,14 @@ def test_polls_wait_for_the_usual_duration_then_step_finely_while_batches_finish
     assert schedule.next_poll(submitted_at=0.0, now=0.0) == 1.0
     assert schedule.next_poll(submitted_at=0.0, now=40.0) == pytest.approx(45.0)
     assert schedule.next_poll(submitted_at=0.0, now=400.0) == pytest.approx(410.0)  # capped
+    # Until a batch has finished, the oldest open one is looked at every poll interval.
+    assert schedule.next_poll(submitted_at=0.0, now=40.0, probe=True) == 41.0
     # Batches that all take about 30 s, each last seen open one interval before it was seen
-    # finished: their midpoints say 29.5 s.
+    # finished: their midpoints say 29.4-29.7 s.
     for seen_open, seen_done in [(29.0, 30.0), (29.2, 30.2), (28.9, 29.9), (29.1, 30.1)]:
         schedule.finished(seen_open, seen_done)
-    assert schedule.expected == pytest.approx(0.98 * 29.4, abs=0.3)
+    # Half a (quarter-interval) step before the low end of that.
+    assert schedule.expected == pytest.approx(29.4 - 0.125, abs=0.05)
     # A new batch is first looked at just before batches like it usually finish ...
     first = schedule.next_poll(submitted_at=100.0, now=100.0)
     assert first == pytest.approx(100.0 + schedule.expected)
@@ -56,10 +59,35 @@ def test_polls_wait_for_the_usual_duration_then_step_finely_while_batches_finish
 
 def test_a_wide_interval_does_not_pull_the_estimate_early() -> None:
     schedule = PollSchedule(poll_interval=1.0)
-    # Seen open right after submission, seen finished at 30 s: it finished late, not at 15 s.
-    for _ in range(4):
-        schedule.finished(0.1, 30.0)
-    assert schedule.expected == pytest.approx(0.98 * 29.5)
+    # Seen open right after submission, seen finished at 30 s: it finished late, not at 15 s;
+    # the estimate moves half a step earlier than 30 s, not to the middle.
+    schedule.finished(0.1, 30.0)
+    assert schedule.expected == pytest.approx(29.5 - 0.125)
+
+
+@pytest.mark.parametrize("duration", [3.0, 30.0, 300.0])
+def test_batches_of_a_fixed_duration_are_seen_done_within_two_looks_and_a_step(
+    duration: float,
+) -> None:
+    interval = duration / 10
+    schedule = PollSchedule(poll_interval=interval)
+    lags, looks = [], []
+    for number in range(200):
+        submitted = 1000.0 * number
+        now, last_open, count = submitted, submitted, 0
+        while True:
+            now = schedule.next_poll(submitted, now, probe=True)
+            count += 1
+            if now - submitted >= duration:
+                break
+            last_open = now
+        schedule.finished(last_open - submitted, now - submitted)
+        lags.append(now - submitted - duration)
+        looks.append(count)
+    # Once a few batches have finished, every batch is seen done by its second look, less than
+    # one step (a quarter of the poll interval) after it finished.
+    assert max(looks[20:]) <= 2
+    assert max(lags[20:]) <= interval / 4 + 1e-9
 
 
 def test_spread_durations_are_polled_every_interval() -> None:
@@ -69,3 +97,16 @@ def test_spread_durations_are_polled_every_interval() -> None:
     first = schedule.next_poll(submitted_at=0.0, now=0.0)
     assert 1.0 < first < 2.0
     assert schedule.next_poll(submitted_at=0.0, now=first) == pytest.approx(first + 0.3)
+
+
+def test_a_look_is_never_followed_within_a_step_when_the_estimate_moves_later() -> None:
+    schedule = PollSchedule(poll_interval=1.0)
+    for _ in range(4):
+        schedule.finished(29.0, 29.5)
+    first = schedule.next_poll(submitted_at=0.0, now=0.0)
+    # Batches turn out to take a little longer: the usual duration moves 0.2 s later ...
+    for _ in range(60):
+        schedule.finished(29.2, 29.7)
+    assert schedule.expected == pytest.approx(first + 0.2)
+    # ... but the batch just looked at is looked at again a step later, not 0.2 s later.
+    assert schedule.next_poll(submitted_at=0.0, now=first) == pytest.approx(first + 0.25)
