@@ -18,7 +18,7 @@ from tasks.sinks.base import DELTA_LOG
 from tasks.sinks.parquet import OUTPUT_FILE
 from tasks.sources.base import has_glob, visible
 from tasks.state import LEGACY_STATE_FOLDER, DestinationPathError, state_root
-from tasks.storage import StorageSettings, filesystem, is_local, join
+from tasks.storage import StorageSettings, existing, filesystem, is_local, join
 
 # Paths a run writes, relative to the destination and to its state folder: what a source glob
 # must not match.
@@ -143,19 +143,28 @@ def check_enclosing_datasets(destination: str, settings: StorageSettings | None 
     """Refuse a destination inside the folder of another destination's dataset."""
     fs, root = filesystem(destination, settings)
     _, path, prefix = _location(destination, settings)
+    # Every enclosing folder up to the bucket or filesystem root, nearest first, with the marks
+    # a dataset leaves there; all asked at once (on S3 each check is a request or two).
+    marks: list[tuple[str, str]] = []
     folder = posixpath.dirname(root.rstrip("/"))
     while True:
         try:
             other_state = state_root(folder)
         except DestinationPathError:
-            return  # the bucket or filesystem root: no dataset above
-        marks = (
-            join(folder, OUTPUT_FILE),
-            join(folder, DELTA_LOG),
-            join(other_state, "generation.json"),
-            join(folder, LEGACY_STATE_FOLDER, "generation.json"),
-        )
-        if any(fs.exists(mark) for mark in marks):
+            break  # the bucket or filesystem root: no dataset above
+        marks += [
+            (folder, join(folder, OUTPUT_FILE)),
+            (folder, join(folder, DELTA_LOG)),
+            (folder, join(other_state, "generation.json")),
+            (folder, join(folder, LEGACY_STATE_FOLDER, "generation.json")),
+        ]
+        parent = posixpath.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    found = existing(fs, [mark for _, mark in marks])
+    for (folder, _), exists in zip(marks, found, strict=True):
+        if exists:
             other = f"{prefix}{folder}"
             name = posixpath.basename(root.rstrip("/"))
             sibling = f"{prefix}{posixpath.dirname(folder)}/{posixpath.basename(folder)}-{name}"
@@ -164,10 +173,6 @@ def check_enclosing_datasets(destination: str, settings: StorageSettings | None 
                 f"{other!r}: readers of {other} would take this run's files for rows of "
                 f"theirs. Use sibling folders, e.g. {sibling!r} beside {other!r}"
             )
-        parent = posixpath.dirname(folder)
-        if parent == folder:
-            return
-        folder = parent
 
 
 def check_paths(

@@ -7,20 +7,25 @@ none is given, from the standard AWS environment variables (`AWS_ACCESS_KEY_ID`,
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import posixpath
+import threading
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import fsspec
+from fsspec.asyn import AsyncFileSystem, sync
 from fsspec.implementations.local import LocalFileSystem
 
 from blocks.storage import StorageSettings
 
 __all__ = [
     "StorageSettings",
+    "existing",
     "filesystem",
     "is_local",
     "is_remote",
@@ -42,20 +47,59 @@ def filesystem(
 ) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem for `url` and the path within it (no protocol)."""
     if url.startswith("s3://") or url.startswith("s3a://"):
-        import s3fs
-
-        fs = s3fs.S3FileSystem(
-            # Fresh listings every time: the flow reads what it has just written.
-            use_listings_cache=False,
-            skip_instance_cache=True,
-            **(settings.s3fs_options() if settings else {}),
-        )
-        return fs, url.split("://", 1)[1].rstrip("/")
+        return _s3_filesystem(settings), url.split("://", 1)[1].rstrip("/")
     if is_remote(url):
         fs, path = fsspec.core.url_to_fs(url)
         return fs, path.rstrip("/")
     path = url.removeprefix("file://")
     return LocalFileSystem(), os.path.abspath(path)
+
+
+# The AWS environment an S3 client is built from when no settings say otherwise.
+_AWS_ENVIRONMENT = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_PROFILE",
+)
+_s3_filesystems: dict[str, fsspec.AbstractFileSystem] = {}
+_s3_filesystems_lock = threading.Lock()
+
+
+def _s3_filesystem(settings: StorageSettings | None) -> fsspec.AbstractFileSystem:
+    """One S3 filesystem per process, settings and AWS environment: a new one builds a new
+    client, which costs more than a request (about 0.1 s), and a run asks for one at every step.
+    Its listings are never cached: the flow reads what it has just written."""
+    options = settings.s3fs_options() if settings else {}
+    # Kept in memory only, never logged: it holds the credentials it was built with.
+    key = json.dumps(
+        [os.getpid(), options, [os.environ.get(name) for name in _AWS_ENVIRONMENT]],
+        sort_keys=True,
+    )
+    with _s3_filesystems_lock:
+        fs = _s3_filesystems.get(key)
+        if fs is None:
+            import s3fs
+
+            fs = s3fs.S3FileSystem(use_listings_cache=False, skip_instance_cache=True, **options)
+            _s3_filesystems[key] = fs
+        return fs
+
+
+def existing(fs: fsspec.AbstractFileSystem, paths: Sequence[str]) -> list[bool]:
+    """Whether each of `paths` exists. On an object store the requests go out together, so
+    checking several paths costs about one round trip rather than one per path."""
+    if isinstance(fs, AsyncFileSystem):
+
+        async def gather() -> list[bool]:
+            return list(await asyncio.gather(*(fs._exists(path) for path in paths)))
+
+        return sync(fs.loop, gather)
+    return [fs.exists(path) for path in paths]
 
 
 def join(base: str, *parts: str) -> str:
