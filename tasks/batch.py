@@ -732,8 +732,10 @@ class BatchEngine:
         return next(iter(self._open.values()), None) is work
 
     def _push_poll(self, work: _Work) -> None:
-        known = self.schedule.expected is not None
-        free = (known and work.looks_open < FREE_LOOKS) or self._is_probe(work)
+        if self.schedule.expected is None:
+            free = self._is_probe(work)
+        else:
+            free = work.looks_open < FREE_LOOKS
         heap = self._first_polls if free else self._polls
         heapq.heappush(heap, (work.next_poll, next(self._seq), work))
 
@@ -742,9 +744,7 @@ class BatchEngine:
         the budget until now, become first looks when batches like them finish."""
         for work in self._open.values():
             if not work.busy:
-                work.next_poll = max(
-                    now, self.schedule.next_poll(work.submitted_at, work.submitted_at)
-                )
+                work.next_poll = max(now, self.schedule.first_look(work.submitted_at))
                 work.looks_open = 0
                 self._push_poll(work)
 

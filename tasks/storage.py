@@ -73,7 +73,9 @@ _s3_filesystems_lock = threading.Lock()
 def _s3_filesystem(settings: StorageSettings | None) -> fsspec.AbstractFileSystem:
     """One S3 filesystem per process, settings and AWS environment: a new one builds a new
     client, which costs more than a request (about 0.1 s), and a run asks for one at every step.
-    Its listings are never cached: the flow reads what it has just written."""
+    Its listings are never cached: the flow reads what it has just written. (fsspec's own
+    instance cache is keyed on the arguments alone, so it would keep a client built for an
+    endpoint or credentials the environment no longer names.)"""
     options = settings.s3fs_options() if settings else {}
     # Kept in memory only, never logged: it holds the credentials it was built with.
     key = json.dumps(

@@ -103,6 +103,12 @@ class PollSchedule:
         """When a batch is first looked at, in seconds after its submission."""
         return self._low
 
+    def first_look(self, submitted_at: float) -> float:
+        """When a batch submitted at `submitted_at` is first looked at, once a batch has
+        finished (`expected` is known)."""
+        assert self._low is not None
+        return submitted_at + max(self._low, min(self.poll_interval, self._step))
+
     def next_poll(self, submitted_at: float, now: float, probe: bool = False) -> float:
         """When to poll a batch submitted at `submitted_at` (monotonic seconds) next. Until a
         batch has finished, a `probe` (the oldest open batch, which usually finishes first) is
@@ -113,7 +119,7 @@ class PollSchedule:
             if probe:
                 return now + interval
             return now + min(max(interval, age / 8), 10 * interval)
-        first = submitted_at + max(self._low, min(interval, self._step))
+        first = self.first_look(submitted_at)
         if first > now or age < self._high + interval:
             # (At least a step after a look: the estimate may have moved since the last one.)
             return max(first, now + self._step)
