@@ -72,13 +72,15 @@ def _cpu_seconds() -> float:
 
 
 class _ChildrenPeak:
-    """Peak RSS of this process's descendants: summed, and per kind (Prefect server, emulator).
+    """Peak RSS of a child run's descendants: summed, and per kind (Prefect server, emulator).
 
-    Each direct child is counted with its whole subtree (the emulator's engine workers belong
-    to the emulator) and labelled by its command line.
+    Each child of `pid` is counted with its whole subtree (the emulator's engine workers belong
+    to the emulator) and labelled by its command line. It samples from the parent process, so
+    its own CPU is not counted in the measured run's.
     """
 
-    def __init__(self, every: float = 0.5) -> None:
+    def __init__(self, pid: int, every: float = 0.5) -> None:
+        self._pid = pid
         self.peak_mb = 0.0
         self.peak_by_kind_mb: dict[str, float] = {"prefect": 0.0, "emulator": 0.0}
         self._every = every
@@ -96,10 +98,17 @@ class _ChildrenPeak:
     def _run(self) -> None:
         import psutil
 
-        me = psutil.Process()
+        try:
+            root = psutil.Process(self._pid)
+        except psutil.Error:
+            return
         while not self._stop.wait(self._every):
             by_kind = dict.fromkeys(self.peak_by_kind_mb, 0)
-            for child in me.children():
+            try:
+                children = root.children()
+            except psutil.Error:
+                return
+            for child in children:
                 kind = self._kind(child)
                 try:
                     subtree = [child, *child.children(recursive=True)]
@@ -164,28 +173,27 @@ def child_flow(args: argparse.Namespace) -> dict[str, Any]:
     from scenarios import ClientTrace
 
     trace = ClientTrace().install()
-    with _ChildrenPeak() as server:
-        started = time.monotonic()
-        warmup()
-        startup = time.monotonic() - started
-        started, cpu = time.monotonic(), _cpu_seconds()
-        extra: dict[str, Any] = {}
-        for name in ("parallel_groups", "max_in_flight", "parallel_submissions"):
-            if getattr(args, name) is not None:
-                extra[name] = getattr(args, name)
-        state = enrich_documents(
-            source=args.source,
-            destination=args.destination,
-            enrichments=DEMO_ENRICHMENTS,
-            batch_api="embedded",
-            shard_size=args.shard_size,
-            poll_interval_seconds=args.poll,
-            group_size=args.group_size,
-            return_state=True,
-            **extra,
-        )
-        ended = time.monotonic()
-        seconds, cpu = ended - started, _cpu_seconds() - cpu
+    started = time.monotonic()
+    warmup()
+    startup = time.monotonic() - started
+    started, cpu = time.monotonic(), _cpu_seconds()
+    extra: dict[str, Any] = {}
+    for name in ("parallel_groups", "max_in_flight", "parallel_submissions"):
+        if getattr(args, name) is not None:
+            extra[name] = getattr(args, name)
+    state = enrich_documents(
+        source=args.source,
+        destination=args.destination,
+        enrichments=DEMO_ENRICHMENTS,
+        batch_api="embedded",
+        shard_size=args.shard_size,
+        poll_interval_seconds=args.poll,
+        group_size=args.group_size,
+        return_state=True,
+        **extra,
+    )
+    ended = time.monotonic()
+    seconds, cpu = ended - started, _cpu_seconds() - cpu
     report = state.result()
     stages = asyncio.run(_stage_seconds(state.state_details.flow_run_id))
     return {
@@ -197,9 +205,6 @@ def child_flow(args: argparse.Namespace) -> dict[str, Any]:
         "lines": report.lines_sent,
         "rows": report.rows_in,
         "peak_rss_mb": _peak_rss_mb(),
-        "server_peak_rss_mb": server.peak_mb,
-        "prefect_peak_rss_mb": server.peak_by_kind_mb["prefect"],
-        "emulator_peak_rss_mb": server.peak_by_kind_mb["emulator"],
         "output": report.output_path,
         "trace": trace.summary(started, ended),
     }
@@ -318,11 +323,16 @@ def run_child(kind: str, args: argparse.Namespace, source: str, work: Path) -> d
         if getattr(args, option) is not None:
             command += ["--" + option.replace("_", "-"), str(getattr(args, option))]
     started = time.monotonic()
-    completed = subprocess.run(command, env=_child_env(work / "prefect-home"), check=False)
-    if completed.returncode != 0:
-        raise SystemExit(f"the {kind} run failed (exit {completed.returncode}); see above")
+    child = subprocess.Popen(command, env=_child_env(work / "prefect-home"))
+    with _ChildrenPeak(child.pid) as servers:
+        returncode = child.wait()
+    if returncode != 0:
+        raise SystemExit(f"the {kind} run failed (exit {returncode}); see above")
     measured = json.loads(result.read_text())
     measured["process_seconds"] = time.monotonic() - started
+    measured["server_peak_rss_mb"] = servers.peak_mb
+    measured["prefect_peak_rss_mb"] = servers.peak_by_kind_mb["prefect"]
+    measured["emulator_peak_rss_mb"] = servers.peak_by_kind_mb["emulator"]
     return measured
 
 

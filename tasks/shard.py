@@ -9,6 +9,7 @@ very same shards and reattaches to their batches instead of submitting them agai
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ import pyarrow as pa
 from batchapi.models import BatchLimits, LineTemplate
 from tasks.read import READ_ERROR_COLUMN
 from tasks.spec import Enrichment
-from tasks.state import digest
+from tasks.state import DIGEST_SEPARATOR, digest
 
 # Errors that are the document's, not the API's: recorded without sending anything.
 EMPTY_TEXT_ERROR = "text is empty or null; nothing was sent (fill the text column to enrich it)"
@@ -36,6 +37,28 @@ def custom_id_for(
     `spec_hash` is `enrichment.spec_hash()`, passed in by callers that make many ids."""
     spec = spec_hash or enrichment.spec_hash()
     return f"{enrichment.name[:24]}-{digest(doc_id, spec, text)}"
+
+
+class _DocumentIds:
+    """`custom_id_for` for every enrichment of a document, each text encoded once."""
+
+    def __init__(self, enrichments: list[Enrichment]) -> None:
+        self._enrichments = [(f"{e.name[:24]}-", _digest_part(e.spec_hash())) for e in enrichments]
+
+    def of(self, doc_id: str, text: str) -> list[str]:
+        start = hashlib.blake2b(_digest_part(doc_id), digest_size=16)
+        text_part = _digest_part(text)
+        ids = []
+        for prefix, spec in self._enrichments:
+            hasher = start.copy()
+            hasher.update(spec)
+            hasher.update(text_part)
+            ids.append(prefix + hasher.hexdigest())
+        return ids
+
+
+def _digest_part(part: str) -> bytes:
+    return part.encode("utf-8", "surrogatepass") + DIGEST_SEPARATOR
 
 
 @dataclass
@@ -85,7 +108,8 @@ def build_group_lines(
         if READ_ERROR_COLUMN in group.column_names
         else [None] * len(ids)
     )
-    templates = [(e, e.spec_hash(), LineTemplate(e.spec.body, e.params())) for e in enrichments]
+    templates = [(e, LineTemplate(e.spec.body, e.params())) for e in enrichments]
+    document_ids = _DocumentIds(enrichments)
     custom_ids: list[str] = []
     rows: list[int] = []
     names: list[str] = []
@@ -94,8 +118,9 @@ def build_group_lines(
     for row, (doc_id, text, read_error) in enumerate(zip(ids, texts, read_errors, strict=True)):
         # The text is escaped and encoded once per document, not once per enrichment.
         encoded = LineTemplate.encode_text(text) if text else b""
-        for enrichment, spec, template in templates:
-            custom_id = custom_id_for(doc_id, enrichment, text or "", spec)
+        for (enrichment, template), custom_id in zip(
+            templates, document_ids.of(doc_id, text or ""), strict=True
+        ):
             custom_ids.append(custom_id)
             rows.append(row)
             names.append(enrichment.name)

@@ -266,9 +266,12 @@ class RunState:
         return self._read_table(self._path("groups", f"{group_key}.parquet"))
 
 
+DIGEST_SEPARATOR = b"\x1f"
+
+
 def digest(*parts: str, size: int = 16) -> str:
     hasher = hashlib.blake2b(digest_size=size)
     for part in parts:
         hasher.update(part.encode("utf-8", "surrogatepass"))
-        hasher.update(b"\x1f")
+        hasher.update(DIGEST_SEPARATOR)
     return hasher.hexdigest()

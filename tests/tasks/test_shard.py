@@ -52,6 +52,21 @@ def test_custom_ids_are_short_unique_and_content_addressed() -> None:
     assert custom_id_for(long_id, ENRICHMENTS[1], "one!") not in ids
 
 
+def test_group_ids_are_the_ids_of_each_document_and_enrichment() -> None:
+    # The group builder hashes each text once for all enrichments; the ids must stay those
+    # of custom_id_for, which earlier runs' ledgers and results are keyed on.
+    texts = ["Grüße aus Köln", "", None, "same", "same", "x" * 5000]
+    ids = ["ü-1", "b", "c", "d", "e", "f"]
+    lines = build_group_lines(group(texts, ids), 0, ENRICHMENTS, "id", "text")
+    expected = [
+        custom_id_for(doc_id, enrichment, text or "")
+        for doc_id, text in zip(ids, texts, strict=True)
+        for enrichment in ENRICHMENTS
+    ]
+    assert lines.lines.column("custom_id").to_pylist() == expected
+    assert len(set(expected)) == len(expected)
+
+
 def test_request_lines_follow_the_wire_format() -> None:
     lines = build_group_lines(group(["Hello Mr Smith."]), 0, ENRICHMENTS, "id", "text")
     parsed = validate_lines([json.loads(r) for r in lines.requests.values()])
