@@ -56,13 +56,15 @@ class PollSchedule:
 
     For each finished batch the engine reports the age at which it was last seen open and the
     age at which it was seen finished, which bound when it finished. A new batch is first polled
-    half a step before batches like it usually finish (a low quantile of those estimates),
+    half a step before batches like it usually finish (a low quantile of the estimates of the
+    last `history` batches: a provider's durations drift with its queue, and the last few dozen
+    batches say more about the next one than the last few hundred),
     then in short steps while batches like it are finishing (a quarter of the poll interval
     when they all take about as long, up to the poll interval when their durations spread), and
     past the usual range with a slow backoff for stragglers, at most ten poll intervals apart.
     """
 
-    def __init__(self, poll_interval: float, history: int = 256) -> None:
+    def __init__(self, poll_interval: float, history: int = 32) -> None:
         self.poll_interval = poll_interval
         self._durations: deque[float] = deque(maxlen=history)
         self._since_estimate = 0

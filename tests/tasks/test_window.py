@@ -65,6 +65,18 @@ def test_a_wide_interval_does_not_pull_the_estimate_early() -> None:
     assert schedule.expected == pytest.approx(29.5 - 0.125)
 
 
+def test_the_usual_duration_follows_the_latest_batches() -> None:
+    # A provider whose queue grew: hundreds of batches took 1 s, the latest ones take 3 s.
+    schedule = PollSchedule(poll_interval=0.1)
+    for _ in range(300):
+        schedule.finished(0.95, 1.05)
+    assert schedule.expected == pytest.approx(1.0, abs=0.05)
+    for _ in range(40):
+        schedule.finished(2.95, 3.05)
+    # New batches are first looked at when the latest finished, not two seconds early.
+    assert schedule.expected == pytest.approx(3.0, abs=0.05)
+
+
 @pytest.mark.parametrize("duration", [3.0, 30.0, 300.0])
 def test_batches_of_a_fixed_duration_are_seen_done_within_two_looks_and_a_step(
     duration: float,
