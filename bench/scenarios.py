@@ -331,17 +331,19 @@ def bench_latency_case(case: LatencyCase, args: argparse.Namespace, work: Path) 
         flush=True,
     )
     workers = args.emulator_workers or embedded_workers()
+    flow_params: dict[str, Any] = {
+        "source": source,
+        "destination": str(case_dir / "out"),
+        "shard_size": shard,
+        "max_in_flight": case.max_in_flight,
+        "poll_interval_seconds": case.poll,
+        "timeout_seconds": 3600,
+    }
+    if args.parallel_submissions is not None:
+        flow_params["parallel_submissions"] = args.parallel_submissions
     with emulator_process(api_key=key, workers=workers, extra_args=extra) as emu:
         measured = run_flow_child(
-            {
-                "source": source,
-                "destination": str(case_dir / "out"),
-                "batch_api": emu.base_url,
-                "shard_size": shard,
-                "max_in_flight": case.max_in_flight,
-                "poll_interval_seconds": case.poll,
-                "timeout_seconds": 3600,
-            },
+            {**flow_params, "batch_api": emu.base_url},
             case_dir,
             "flow",
             env={"BATCH_API_KEY": key},
