@@ -29,18 +29,14 @@ TOO_LARGE_CODE = "too_large"
 DOCUMENT_ERROR_CODES = frozenset({SKIPPED_CODE, TOO_LARGE_CODE})
 
 
-def custom_id_for(
-    doc_id: str, enrichment: Enrichment, text: str, spec_hash: str | None = None
-) -> str:
-    """At most 64 characters: up to 24 of the enrichment name, a dash, 32 hex digits.
-
-    `spec_hash` is `enrichment.spec_hash()`, passed in by callers that make many ids."""
-    spec = spec_hash or enrichment.spec_hash()
-    return f"{enrichment.name[:24]}-{digest(doc_id, spec, text)}"
+def custom_id_for(doc_id: str, enrichment: Enrichment, text: str) -> str:
+    """At most 64 characters: up to 24 of the enrichment name, a dash, 32 hex digits."""
+    return f"{enrichment.name[:24]}-{digest(doc_id, enrichment.spec_hash(), text)}"
 
 
 class _DocumentIds:
-    """`custom_id_for` for every enrichment of a document, each text encoded once."""
+    """`custom_id_for` for every enrichment of a document, each text encoded once (the
+    digest's parts are hashed in order, so the document id's part is shared)."""
 
     def __init__(self, enrichments: list[Enrichment]) -> None:
         self._enrichments = [(f"{e.name[:24]}-", _digest_part(e.spec_hash())) for e in enrichments]
