@@ -9,7 +9,6 @@ very same shards and reattaches to their batches instead of submitting them agai
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +18,7 @@ import pyarrow as pa
 from batchapi.models import BatchLimits, LineTemplate
 from tasks.read import READ_ERROR_COLUMN
 from tasks.spec import Enrichment
-from tasks.state import DIGEST_SEPARATOR, digest
+from tasks.state import digest, digest_hasher, digest_part
 
 # Errors that are the document's, not the API's: recorded without sending anything.
 EMPTY_TEXT_ERROR = "text is empty or null; nothing was sent (fill the text column to enrich it)"
@@ -39,11 +38,11 @@ class _DocumentIds:
     digest's parts are hashed in order, so the document id's part is shared)."""
 
     def __init__(self, enrichments: list[Enrichment]) -> None:
-        self._enrichments = [(f"{e.name[:24]}-", _digest_part(e.spec_hash())) for e in enrichments]
+        self._enrichments = [(f"{e.name[:24]}-", digest_part(e.spec_hash())) for e in enrichments]
 
     def of(self, doc_id: str, text: str) -> list[str]:
-        start = hashlib.blake2b(_digest_part(doc_id), digest_size=16)
-        text_part = _digest_part(text)
+        start = digest_hasher(doc_id)
+        text_part = digest_part(text)
         ids = []
         for prefix, spec in self._enrichments:
             hasher = start.copy()
@@ -51,10 +50,6 @@ class _DocumentIds:
             hasher.update(text_part)
             ids.append(prefix + hasher.hexdigest())
         return ids
-
-
-def _digest_part(part: str) -> bytes:
-    return part.encode("utf-8", "surrogatepass") + DIGEST_SEPARATOR
 
 
 @dataclass

@@ -266,12 +266,19 @@ class RunState:
         return self._read_table(self._path("groups", f"{group_key}.parquet"))
 
 
-DIGEST_SEPARATOR = b"\x1f"
-
-
 def digest(*parts: str, size: int = 16) -> str:
+    return digest_hasher(*parts, size=size).hexdigest()
+
+
+def digest_hasher(*parts: str, size: int = 16) -> hashlib.blake2b:
+    """The hasher of `digest` after `parts`; more parts can be added with `digest_part`
+    (for ids that share their first parts, a copy of it saves hashing those again)."""
     hasher = hashlib.blake2b(digest_size=size)
     for part in parts:
-        hasher.update(part.encode("utf-8", "surrogatepass"))
-        hasher.update(DIGEST_SEPARATOR)
-    return hasher.hexdigest()
+        hasher.update(digest_part(part))
+    return hasher
+
+
+def digest_part(part: str) -> bytes:
+    """One part of a digest as it is hashed: its UTF-8, then a separator."""
+    return part.encode("utf-8", "surrogatepass") + b"\x1f"
