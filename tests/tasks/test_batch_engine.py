@@ -72,8 +72,10 @@ def test_one_window_for_all_groups_and_every_line_once(
     # 20 documents x 3 enrichments per group, 10 lines per batch: 6 batches per group.
     assert report.batches_submitted == emulator.stats()["batches_created"] == 18
     # A batch id is written with the next shard's intent: about one write per batch, not one
-    # for the intent and one for the id.
-    assert engine.ledger.writes <= report.batches_submitted + 2
+    # for the intent and one for the id (36 here). A few ids are written on their own: the
+    # last ones once nothing is left to send (up to one per submission slot), one that waited
+    # half a second for the next intent, and the final write (15 to 19 measured).
+    assert engine.ledger.writes <= report.batches_submitted + 5
 
 
 def test_a_cap_on_open_batches_shrinks_the_window_and_nothing_is_paid_twice(
