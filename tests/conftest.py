@@ -13,8 +13,12 @@ os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
+import shutil  # noqa: E402
 import socket  # noqa: E402
+import sqlite3  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
+from contextlib import closing  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
@@ -85,6 +89,27 @@ def prefect_api() -> Iterator[str]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="session")
+def migrated_prefect_db(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session server's database, for tests whose run starts a temporary
+    Prefect server of its own: on a database whose schema is in place (as on any machine after
+    its first run) that server starts in about 18 s instead of 30."""
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+
+    source = PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split(":///", 1)[1]
+    copy = tmp_path_factory.mktemp("prefect-db") / "prefect.db"
+    with closing(sqlite3.connect(source)) as live, closing(sqlite3.connect(copy)) as target:
+        live.backup(target)
+    return copy
+
+
+def prefect_home(path: Path, database: Path) -> str:
+    """A PREFECT_HOME at `path` whose temporary server uses a copy of `database`."""
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(database, path / "prefect.db")
+    return str(path)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchapi.emulator.runner import RunningEmulator
-from tests.conftest import free_port
+from tests.conftest import free_port, prefect_home
 from tests.flows.conftest import ENRICHMENTS, FLOW_TEST_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,16 +34,18 @@ def command_line(
     )
 
 
-def without_prefect_server(tmp_path: Path) -> dict[str, str]:
+def without_prefect_server(tmp_path: Path, database: Path | None = None) -> dict[str, str]:
     """An environment in which a run would start its own temporary Prefect server, with
-    none of the settings the test session makes for Prefect."""
+    none of the settings the test session makes for Prefect; on a copy of `database` if
+    given (see `migrated_prefect_db`)."""
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in ("PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED")
         and not k.startswith("PREFECT_SERVER_EPHEMERAL")
     }
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    home = tmp_path / "prefect-home"
+    env["PREFECT_HOME"] = prefect_home(home, database) if database else str(home)
     return env
 
 
@@ -144,7 +146,7 @@ def test_user_errors_exit_2_with_one_line(
 
 
 def test_options_override_the_job_file_and_a_run_prints_no_traceback(
-    corpus, tmp_path: Path
+    corpus, tmp_path: Path, migrated_prefect_db: Path
 ) -> None:
     """A normal run, on the temporary Prefect server it starts for itself."""
     job = write_job(
@@ -156,7 +158,7 @@ def test_options_override_the_job_file_and_a_run_prints_no_traceback(
     destination = tmp_path / "from-the-option"
     result = command_line(
         ["--params", str(job), "--destination", str(destination), "--mode", "incremental"],
-        without_prefect_server(tmp_path),
+        without_prefect_server(tmp_path, migrated_prefect_db),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)

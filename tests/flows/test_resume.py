@@ -20,7 +20,7 @@ import pytest
 from batchapi.emulator.runner import RunningEmulator
 from tasks.batch import BatchWaitTimeout
 from tasks.state import state_folder
-from tests.conftest import free_port
+from tests.conftest import free_port, prefect_home
 from tests.flows.conftest import ENRICHMENTS, FLOW_TEST_KEY, make_documents
 from tests.flows.fault_proxy import LoopbackProxy
 
@@ -366,7 +366,9 @@ def test_embedded_backend_resumes_after_sigkill(prefect_api: str, corpus, tmp_pa
     assert not (Path(state_folder(destination)) / "embedded-emulator.sqlite").exists()
 
 
-def test_sigterm_stops_the_run_cleanly_with_nothing_left_running(corpus, tmp_path: Path) -> None:
+def test_sigterm_stops_the_run_cleanly_with_nothing_left_running(
+    corpus, tmp_path: Path, migrated_prefect_db: Path
+) -> None:
     """SIGTERM (a supervisor stopping a cron job) ends the command line run as Crashed, marks
     the generation failed, frees the destination, and leaves no process behind: neither the
     embedded emulator nor the temporary Prefect server the run started for itself."""
@@ -388,7 +390,7 @@ def test_sigterm_stops_the_run_cleanly_with_nothing_left_running(corpus, tmp_pat
     )
     # No PREFECT_API_URL: the run starts its own temporary Prefect server.
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    env["PREFECT_HOME"] = prefect_home(tmp_path / "prefect-home", migrated_prefect_db)
     run = subprocess.Popen(
         [sys.executable, "-m", "flows.enrich", "--params", str(job)],
         cwd=ROOT,
