@@ -59,6 +59,13 @@ from tasks.shard import GroupLines, Shard, shard_payload, split_into_shards
 from tasks.state import results_table
 from tasks.window import AdaptiveWindow, PollSchedule
 
+try:
+    # The engine's loop: uvloop's loop and sockets are in C, and every poll, submit and download
+    # goes through them (bench/pipeline.py --scenario cpu). It does not exist on Windows.
+    from uvloop import new_event_loop
+except ImportError:  # pragma: no cover
+    from asyncio import new_event_loop
+
 # Per-line error codes (the API's own plus ours) that a new attempt may fix.
 RETRYABLE_LINE_CODES = frozenset({"server_error", "rate_limited", "batch_failed", "missing_output"})
 
@@ -994,6 +1001,7 @@ def run_batches(
             "groups are read",
             known,
         )
-    report = asyncio.run(engine.run())
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        report = runner.run(engine.run())
     logger.info("done: %s", engine.progress().describe())
     return report
