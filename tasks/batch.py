@@ -464,10 +464,14 @@ class BatchEngine:
         if self._next_poll_at is not None:
             candidates.append(self._next_poll_at)
         if not self._ever_answered and self._first_request_at is not None:
-            candidates.append(self._first_request_at + self.options.unreachable_after_seconds)
+            # (Once past, the check waits for a request to fail: no turn would change it.)
+            give_up_at = self._first_request_at + self.options.unreachable_after_seconds
+            if give_up_at > now:
+                candidates.append(give_up_at)
         if self._queue and self._submit_pause_until > now:
             candidates.append(self._submit_pause_until)
-        if self._oldest_unsettled is not None:
+        if self._oldest_unsettled is not None and not self._settling:
+            # (While a write is on its way, its end wakes the loop.)
             candidates.append(self._oldest_unsettled + SETTLE_AFTER_SECONDS)
         return max(now, min(candidates))
 

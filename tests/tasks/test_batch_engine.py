@@ -176,3 +176,65 @@ def test_batches_of_a_fixed_duration_are_polled_about_twice_each(
     assert sum(f.result(timeout=0).results.num_rows for f in futures) == 240  # 3 per document
     assert report.batches_submitted == 80
     assert report.polls <= 2.5 * report.batches_submitted
+
+
+def test_the_loop_sleeps_while_a_slow_ledger_write_is_on_its_way(
+    tmp_path, emulator_factory: Callable[..., RunningEmulator], monkeypatch
+) -> None:
+    # On object storage a ledger write takes tens of milliseconds. While the write that settles
+    # overdue batch ids is on its way, the engine's loop waits for it (its end wakes the loop)
+    # instead of turning again and again with nothing to do.
+    emulator = emulator_factory(latency=0.5, workers=1)
+    engine, futures = _engine(
+        tmp_path, emulator.base_url, documents=12, max_lines=3, parallel_submissions=2
+    )
+    state = engine.ledger._state
+    write = state.write_ledger
+
+    def write_slowly(payload: bytes) -> None:
+        time.sleep(0.7)  # longer than SETTLE_AFTER_SECONDS: ids are overdue while it runs
+        write(payload)
+
+    monkeypatch.setattr(state, "write_ledger", write_slowly)
+    turns = 0
+    start_polls = engine._start_polls
+
+    def counted(now: float) -> None:
+        nonlocal turns
+        turns += 1
+        start_polls(now)
+
+    monkeypatch.setattr(engine, "_start_polls", counted)
+    started = time.monotonic()
+    report = asyncio.run(engine.run())
+    elapsed = time.monotonic() - started
+    assert sum(f.result(timeout=0).results.num_rows for f in futures) == 36
+    assert report.batches_submitted == 12
+    # A turn per poll interval (0.05 s) and one per request answered or write done, at most.
+    assert turns <= 20 * elapsed + 6 * report.batches_submitted + 20, (turns, elapsed)
+
+
+def test_the_loop_sleeps_while_the_first_requests_hang(
+    tmp_path, emulator_factory: Callable[..., RunningEmulator], monkeypatch
+) -> None:
+    # Past `unreachable_after_seconds` with requests still on the wire and none failed yet,
+    # the check for an unreachable API waits for a failure; the loop must not turn meanwhile.
+    emulator = emulator_factory()
+    with LoopbackProxy(emulator.base_url, delay=30.0) as proxy:
+        engine, _ = _engine(
+            tmp_path, proxy.url, documents=10, timeout=2.5, unreachable_after_seconds=0.5
+        )
+        turns = 0
+        start_polls = engine._start_polls
+
+        def counted(now: float) -> None:
+            nonlocal turns
+            turns += 1
+            start_polls(now)
+
+        monkeypatch.setattr(engine, "_start_polls", counted)
+        started = time.monotonic()
+        with pytest.raises(BatchWaitTimeout):
+            asyncio.run(engine.run())
+        elapsed = time.monotonic() - started
+    assert turns <= 20 * elapsed + 20, (turns, elapsed)
