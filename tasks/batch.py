@@ -360,6 +360,7 @@ class BatchEngine:
         self._lines_done = 0
         self._samples: deque[tuple[float, int]] = deque(maxlen=120)
         self._last_progress = 0.0
+        self._publishing = False
         self._last_status = time.monotonic()
         self.on_progress: Callable[[Progress], None] | None = None
         self.on_status: Callable[[Progress], None] | None = None
@@ -443,7 +444,7 @@ class BatchEngine:
             self._start_submissions(now)
             self._start_polls(now)
             self._maybe_settle(now)
-            await self._maybe_report(now)
+            self._maybe_report(now)
             await self._sleep_until(self._next_wakeup(now))
 
     async def _sleep_until(self, when: float) -> None:
@@ -946,20 +947,28 @@ class BatchEngine:
             eta_seconds=eta,
         )
 
-    async def _maybe_report(self, now: float) -> None:
+    def _maybe_report(self, now: float) -> None:
         every = max(PROGRESS_EVERY_SECONDS, self.options.poll_interval_seconds)
         if now - self._last_progress < every:
             return
         self._last_progress = now
         snapshot = self.progress()
-        if self.on_progress is not None:
-            try:
-                await asyncio.to_thread(self.on_progress, snapshot)
-            except Exception as exc:  # progress is for people; it must not stop the run
-                self._log("debug", "progress not published: %s", exc)
+        if self.on_progress is not None and not self._publishing:
+            # Beside the loop, not in it: a Prefect API far away takes a while to answer, and
+            # the window is refilled meanwhile. One update at a time; a slow one skips the next.
+            self._publishing = True
+            self._spawn(self._publish(self.on_progress, snapshot))
         if self.on_status is not None and now - self._last_status >= STATUS_EVERY_SECONDS:
             self._last_status = now
             self.on_status(snapshot)
+
+    async def _publish(self, on_progress: Callable[[Progress], None], snapshot: Progress) -> None:
+        try:
+            await asyncio.to_thread(on_progress, snapshot)
+        except Exception as exc:  # progress is for people; it must not stop the run
+            self._log("debug", "progress not published: %s", exc)
+        finally:
+            self._publishing = False
 
     def _log(self, level: str, message: str, *args: Any) -> None:
         if self.logger is not None:

@@ -238,3 +238,27 @@ def test_the_loop_sleeps_while_the_first_requests_hang(
             asyncio.run(engine.run())
         elapsed = time.monotonic() - started
     assert turns <= 20 * elapsed + 20, (turns, elapsed)
+
+
+def test_a_slow_progress_update_does_not_hold_the_window(
+    tmp_path, emulator_factory: Callable[..., RunningEmulator]
+) -> None:
+    # Progress goes to the Prefect API, which may be far away: while an update is on its way,
+    # batches are still polled, fetched and replaced.
+    emulator = emulator_factory()
+    engine, futures = _engine(tmp_path, emulator.base_url, documents=12, max_lines=3)
+    done_during_first_update: list[int] = []
+
+    def publish_slowly(progress: object) -> None:
+        if done_during_first_update:
+            return
+        give_up = time.monotonic() + 5.0
+        while engine._batches_done == 0 and time.monotonic() < give_up:
+            time.sleep(0.01)
+        done_during_first_update.append(engine._batches_done)
+
+    engine.on_progress = publish_slowly
+    report = asyncio.run(engine.run())
+    assert sum(f.result(timeout=0).results.num_rows for f in futures) == 36
+    assert report.batches_submitted == 12
+    assert done_during_first_update and done_during_first_update[0] > 0
