@@ -60,6 +60,19 @@ def _engine(
     return engine, futures
 
 
+def _count_turns(engine: BatchEngine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the turns of the engine's loop (each turn looks for polls to start once)."""
+    turns = [0]
+    start_polls = engine._start_polls
+
+    def counted(now: float) -> None:
+        turns[0] += 1
+        start_polls(now)
+
+    monkeypatch.setattr(engine, "_start_polls", counted)
+    return turns
+
+
 def test_one_window_for_all_groups_and_every_line_once(
     tmp_path, emulator_factory: Callable[..., RunningEmulator]
 ) -> None:
@@ -196,22 +209,14 @@ def test_the_loop_sleeps_while_a_slow_ledger_write_is_on_its_way(
         write(payload)
 
     monkeypatch.setattr(state, "write_ledger", write_slowly)
-    turns = 0
-    start_polls = engine._start_polls
-
-    def counted(now: float) -> None:
-        nonlocal turns
-        turns += 1
-        start_polls(now)
-
-    monkeypatch.setattr(engine, "_start_polls", counted)
+    turns = _count_turns(engine, monkeypatch)
     started = time.monotonic()
     report = asyncio.run(engine.run())
     elapsed = time.monotonic() - started
     assert sum(f.result(timeout=0).results.num_rows for f in futures) == 36
     assert report.batches_submitted == 12
     # A turn per poll interval (0.05 s) and one per request answered or write done, at most.
-    assert turns <= 20 * elapsed + 6 * report.batches_submitted + 20, (turns, elapsed)
+    assert turns[0] <= 20 * elapsed + 6 * report.batches_submitted + 20, (turns, elapsed)
 
 
 def test_the_loop_sleeps_while_the_first_requests_hang(
@@ -224,20 +229,12 @@ def test_the_loop_sleeps_while_the_first_requests_hang(
         engine, _ = _engine(
             tmp_path, proxy.url, documents=10, timeout=2.5, unreachable_after_seconds=0.5
         )
-        turns = 0
-        start_polls = engine._start_polls
-
-        def counted(now: float) -> None:
-            nonlocal turns
-            turns += 1
-            start_polls(now)
-
-        monkeypatch.setattr(engine, "_start_polls", counted)
+        turns = _count_turns(engine, monkeypatch)
         started = time.monotonic()
         with pytest.raises(BatchWaitTimeout):
             asyncio.run(engine.run())
         elapsed = time.monotonic() - started
-    assert turns <= 20 * elapsed + 20, (turns, elapsed)
+    assert turns[0] <= 20 * elapsed + 20, (turns, elapsed)
 
 
 def test_a_slow_progress_update_does_not_hold_the_window(
