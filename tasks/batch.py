@@ -506,6 +506,8 @@ class BatchEngine:
         self._ids_settled = self._ids_recorded
         self._oldest_unsettled = None
         self._settling = False
+        # (A task cancelled before it started never runs its `finally`.)
+        self._publishing = False
         self._polls_running = 0
         for work in self._open.values():
             work.busy = False
