@@ -862,6 +862,10 @@ class BatchEngine:
         """The provider says the batch is done: its slot is free before its output is read."""
         self._open.pop(work.shard.shard_id, None)
         self.window.finished()
+        if self._event is not None:
+            # Refill the slot now, while the output downloads: otherwise the loop would wait
+            # for this poll's task to end, a download and a decode later.
+            self._event.set()
         known = self.schedule.expected is not None
         self.schedule.finished(
             max(0.0, work.seen_open_at - work.submitted_at), now - work.submitted_at

@@ -237,6 +237,39 @@ def test_the_loop_sleeps_while_the_first_requests_hang(
     assert turns[0] <= 20 * elapsed + 20, (turns, elapsed)
 
 
+def test_a_finished_batch_frees_its_slot_before_its_output_is_downloaded(
+    tmp_path, emulator_factory: Callable[..., RunningEmulator]
+) -> None:
+    # A large output takes a while to download from a remote API; the batch is no longer open
+    # at the provider, so its place in the window goes to the next shard at once.
+    emulator = emulator_factory()
+    arrivals: list[tuple[str, float]] = []
+
+    def slow_outputs(method: str, path: str) -> float:
+        kind = "output" if path.endswith("/output") else "submit" if method == "POST" else "poll"
+        arrivals.append((kind, time.monotonic()))
+        return 1.5 if kind == "output" else 0.0
+
+    with LoopbackProxy(emulator.base_url, delay=slow_outputs) as proxy:
+        engine, futures = _engine(
+            tmp_path,
+            proxy.url,
+            documents=4,
+            max_lines=6,
+            max_in_flight=1,
+            parallel_submissions=1,
+            poll_interval_seconds=1.0,
+        )
+        report = asyncio.run(engine.run())
+    assert report.batches_submitted == 2
+    assert sum(f.result(timeout=0).results.num_rows for f in futures) == 12
+    submits = [t for kind, t in arrivals if kind == "submit"]
+    outputs = [t for kind, t in arrivals if kind == "output"]
+    # Each next submission went out while the previous batch's output was still on its way.
+    for output_at, next_submit_at in zip(outputs, submits[1:], strict=False):
+        assert next_submit_at - output_at < 0.5, (outputs, submits)
+
+
 def test_a_slow_progress_update_does_not_hold_the_window(
     tmp_path, emulator_factory: Callable[..., RunningEmulator]
 ) -> None:
