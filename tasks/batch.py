@@ -604,7 +604,10 @@ class BatchEngine:
 
     def _start_submissions(self, now: float) -> None:
         while self._queue and now >= self._submit_pause_until:
-            if self._unsettled >= self.options.parallel_submissions:
+            # A submission whose batch id is in but not yet written needs no place: the intent
+            # write of the next one carries it (one write for both), so the places bound only
+            # what a crash could leave in doubt in the ledger as last written.
+            if self._unsettled - self._ids_unwritten >= self.options.parallel_submissions:
                 return
             if len(self._open) + len(self._on_wire) >= self.window.limit:
                 return
@@ -693,15 +696,18 @@ class BatchEngine:
             if self._ids_settled == self._ids_recorded:
                 self._oldest_unsettled = None
 
+    @property
+    def _ids_unwritten(self) -> int:
+        return self._ids_recorded - self._ids_settled
+
     def _maybe_settle(self, now: float) -> None:
-        if self._settling or self._ids_recorded == self._ids_settled:
+        if self._settling or not self._ids_unwritten:
             return
-        blocked = self._unsettled >= self.options.parallel_submissions
         stale = (
             self._oldest_unsettled is not None
             and now - self._oldest_unsettled >= SETTLE_AFTER_SECONDS
         )
-        if blocked or stale or not self._queue:
+        if stale or not self._queue:
             self._settling = True
             self._spawn(self._settle())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 
@@ -189,6 +190,39 @@ def test_batches_of_a_fixed_duration_are_polled_about_twice_each(
     assert sum(f.result(timeout=0).results.num_rows for f in futures) == 240  # 3 per document
     assert report.batches_submitted == 80
     assert report.polls <= 2.5 * report.batches_submitted
+
+
+def test_every_ledger_write_leaves_at_most_parallel_submissions_in_doubt(
+    tmp_path, emulator_factory: Callable[..., RunningEmulator], monkeypatch
+) -> None:
+    # A crash leaves the ledger as last written: the shards in it without a batch id are the
+    # ones in doubt, and there are never more than `parallel_submissions` of them, however
+    # the writes and the submissions interleave. The same writes carry the batch ids received
+    # and the next intents: about one write per batch.
+    emulator = emulator_factory(latency=0.2)
+    in_doubt: list[int] = []
+
+    def slow_submits(method: str, path: str) -> float:
+        return 0.05 if method == "POST" else 0.0
+
+    with LoopbackProxy(emulator.base_url, delay=slow_submits) as proxy:
+        engine, futures = _engine(tmp_path, proxy.url, documents=40, max_lines=3, max_in_flight=12)
+        state = engine.ledger._state
+        write = state.write_ledger
+
+        def write_and_count(payload: bytes) -> None:
+            shards = json.loads(payload)["shards"].values()
+            in_doubt.append(sum(entry["batch_id"] is None for entry in shards))
+            time.sleep(0.01)
+            write(payload)
+
+        monkeypatch.setattr(state, "write_ledger", write_and_count)
+        report = asyncio.run(engine.run())
+    assert report.batches_submitted == 40
+    assert sum(f.result(timeout=0).results.num_rows for f in futures) == 120
+    assert max(in_doubt) <= 4  # parallel_submissions
+    assert max(in_doubt) >= 2  # (submissions did overlap)
+    assert len(in_doubt) <= report.batches_submitted, in_doubt
 
 
 def test_the_loop_sleeps_while_a_slow_ledger_write_is_on_its_way(
