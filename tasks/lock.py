@@ -41,7 +41,15 @@ from typing import Any
 import fsspec
 
 from tasks.state import state_root
-from tasks.storage import StorageSettings, filesystem, is_local, join, remove, write_json_atomic
+from tasks.storage import (
+    StorageSettings,
+    filesystem,
+    is_local,
+    join,
+    read_bytes,
+    remove,
+    write_json_atomic,
+)
 
 LOCK_FILE = "lock.json"
 TAKEOVER_PREFIX = "lock.takeover-"
@@ -207,7 +215,7 @@ class DestinationLock:
         """The current record; None when there is none."""
         while True:
             try:
-                raw = self.fs.cat_file(self.path)
+                raw = read_bytes(self.fs, self.path)
             except FileNotFoundError:
                 return None
             try:

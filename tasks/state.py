@@ -35,6 +35,7 @@ from tasks.storage import (
     StorageSettings,
     filesystem,
     join,
+    read_bytes,
     read_json,
     remove,
     write_bytes_atomic,
@@ -238,8 +239,7 @@ class RunState:
 
     def read_ledger(self) -> bytes | None:
         try:
-            with self.fs.open(self.ledger_path(), "rb") as handle:
-                return handle.read()
+            return read_bytes(self.fs, self.ledger_path())
         except FileNotFoundError:
             return None
 

@@ -31,6 +31,7 @@ __all__ = [
     "is_remote",
     "join",
     "move",
+    "read_bytes",
     "read_json",
     "remove",
     "write_bytes_atomic",
@@ -133,10 +134,19 @@ def write_json_atomic(fs: fsspec.AbstractFileSystem, path: str, payload: Any) ->
     write_bytes_atomic(fs, path, json.dumps(payload, sort_keys=True, indent=1).encode())
 
 
+def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    """The whole file, in one request on S3; FileNotFoundError if there is none.
+
+    (s3fs otherwise asks for the object's size first, and lists its prefix when the key is
+    missing: two requests for a file, two for a file that is not there.)"""
+    if type(fs).__module__.startswith("s3fs"):
+        return fs.cat_file(path, max_concurrency=1)
+    return fs.cat_file(path)
+
+
 def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any | None:
     try:
-        with fs.open(path, "rb") as handle:
-            return json.loads(handle.read())
+        return json.loads(read_bytes(fs, path))
     except FileNotFoundError:
         return None
 
