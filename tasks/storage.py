@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import json
 import os
 import posixpath
@@ -137,11 +139,17 @@ def write_json_atomic(fs: fsspec.AbstractFileSystem, path: str, payload: Any) ->
 def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
     """The whole file, in one request on S3; FileNotFoundError if there is none.
 
-    (s3fs otherwise asks for the object's size first, and lists its prefix when the key is
-    missing: two requests for a file, two for a file that is not there.)"""
-    if type(fs).__module__.startswith("s3fs"):
+    (Since s3fs can split large downloads, its `cat_file` asks for the object's size first and
+    lists the prefix when the key is missing: two requests where one GET does.)"""
+    if _splits_downloads(type(fs)):
         return fs.cat_file(path, max_concurrency=1)
     return fs.cat_file(path)
+
+
+@functools.cache
+def _splits_downloads(filesystem_type: type) -> bool:
+    method = getattr(filesystem_type, "_cat_file", None)
+    return method is not None and "max_concurrency" in inspect.signature(method).parameters
 
 
 def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any | None:
