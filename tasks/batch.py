@@ -12,9 +12,10 @@ waiting does. A batch that is not done yet is simply waited for; the task's retr
 on the decorator) are for failures, such as an object store that refused the ledger for a while.
 
 Never paying twice: before a shard is sent its intent goes into the ledger (`tasks.ledger`),
-and its batch id follows the answer. At most `parallel_submissions` shards are between the two
-at any moment, so a crash can leave at most that many in doubt; the rerun names each one,
-reattaches to every batch whose id was recorded, and sends the rest.
+and its batch id follows the answer. At most `parallel_submissions` shards are on the wire at
+once, and a batch id is written with the next intent, so the ledger as last written never has
+more than that many shards in doubt after a crash; the rerun names each one, reattaches to
+every batch whose id was recorded, and sends the rest.
 """
 
 from __future__ import annotations
@@ -339,9 +340,7 @@ class BatchEngine:
         self._stopped = False
         self._fatal: BaseException | None = None
         self._client: AsyncBatchApiClient | None = None
-        # Shards between their intent and a durable batch id (at most parallel_submissions:
-        # the most a crash can leave in doubt); batch ids recorded, and made durable.
-        self._unsettled = 0
+        # Batch ids received, and those of them made durable; the oldest not yet durable.
         self._ids_recorded = 0
         self._ids_settled = 0
         self._oldest_unsettled: float | None = None
@@ -502,7 +501,6 @@ class BatchEngine:
             if work.batch_id is None:
                 work.in_doubt = True
                 self._push(work)
-        self._unsettled = 0
         self._ids_settled = self._ids_recorded
         self._oldest_unsettled = None
         self._settling = False
@@ -604,10 +602,11 @@ class BatchEngine:
 
     def _start_submissions(self, now: float) -> None:
         while self._queue and now >= self._submit_pause_until:
-            # A submission whose batch id is in but not yet written needs no place: the intent
-            # write of the next one carries it (one write for both), so the places bound only
-            # what a crash could leave in doubt in the ledger as last written.
-            if self._unsettled - self._ids_unwritten >= self.options.parallel_submissions:
+            # A place is held from the intent until the batch id is in: the id needs no place
+            # while it waits to be written, as the intent write of the next submission carries
+            # it (one write for both). So the places bound what a crash could leave in doubt in
+            # the ledger as last written.
+            if len(self._on_wire) >= self.options.parallel_submissions:
                 return
             if len(self._open) + len(self._on_wire) >= self.window.limit:
                 return
@@ -615,7 +614,6 @@ class BatchEngine:
             if self._first_request_at is None:
                 self._first_request_at = now
             self._on_wire.add(work)
-            self._unsettled += 1
             self._spawn(self._submit(work))
 
     async def _submit(self, work: _Work) -> None:
@@ -644,7 +642,6 @@ class BatchEngine:
             # Stopping the night would not help (a rerun could only send it again), so it is
             # sent again now, named in the log and the report; its intent stays in the ledger.
             self._on_wire.discard(work)
-            self._unsettled -= 1
             work.in_doubt = True
             self.report.in_doubt.append(shard.shard_id)
             self._log(
@@ -659,7 +656,6 @@ class BatchEngine:
             # Refused before it was queued (a bad key, a busy or failing server): nothing is
             # owed for it.
             self._on_wire.discard(work)
-            self._unsettled -= 1
             if not work.in_doubt:
                 self.ledger.discard(shard.shard_id)
             if isinstance(exc, TerminalApiError):
@@ -679,8 +675,9 @@ class BatchEngine:
         work.job.submitted += 1
         work.job.lines_sent += len(shard.custom_ids)
         self.report.batches_submitted += 1
-        # Written with the next intent (one write for both), or by _maybe_settle: until then
-        # the shard keeps its place among the `parallel_submissions` that may be in doubt.
+        # Written with the next intent (one write for both), or by _maybe_settle within
+        # SETTLE_AFTER_SECONDS; its place is free now (the write that carries it carries at
+        # most as many new intents as there are free places).
         self.ledger.submitted(shard.shard_id, shard.group, batch.id)
         self._ids_recorded += 1
         if self._oldest_unsettled is None:
@@ -691,9 +688,8 @@ class BatchEngine:
         recorded = self._ids_recorded
         await self.ledger.sync()
         if recorded > self._ids_settled:
-            self._unsettled -= recorded - self._ids_settled
             self._ids_settled = recorded
-            if self._ids_settled == self._ids_recorded:
+            if not self._ids_unwritten:
                 self._oldest_unsettled = None
 
     @property
