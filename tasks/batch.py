@@ -162,14 +162,24 @@ class Progress:
         elif self.eta_seconds is None:
             eta = "unknown yet"
         else:
-            at = time.strftime("%H:%M:%S", time.localtime(time.time() + self.eta_seconds))
-            eta = f"{at} (in {self.eta_seconds / 60:.0f} min)"
+            at = time.strftime("%H:%M:%S %Z", time.localtime(time.time() + self.eta_seconds))
+            eta = f"{at} (in {_duration(self.eta_seconds)})"
         return (
             f"batches {self.batches_done} done, {self.batches_open} open, "
             f"{self.batches_queued} queued (window {self.window}); lines {self.lines_done} of "
             f"{self.lines_total} ({100 * self.fraction:.0f}%); 429s {self.rate_limited}; "
             f"estimated finish {eta}"
         )
+
+
+def _duration(seconds: float) -> str:
+    """`42 s`, `17 min`, `5 h 04 min`: what someone reading the log wants to know."""
+    if seconds < 59.5:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def _error_row(custom_id: str, code: str, message: str, attempt: int) -> dict[str, Any]:

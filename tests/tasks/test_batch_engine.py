@@ -12,7 +12,7 @@ import pytest
 from batchapi.emulator.runner import RunningEmulator
 from batchapi.models import BatchLimits
 from blocks.batch_api import BatchApi
-from tasks.batch import BatchEngine, BatchWaitTimeout, EngineOptions
+from tasks.batch import BatchEngine, BatchWaitTimeout, EngineOptions, Progress
 from tasks.ledger import Ledger
 from tasks.shard import build_group_lines
 from tasks.spec import parse_enrichments
@@ -326,3 +326,32 @@ def test_a_slow_progress_update_does_not_hold_the_window(
     assert sum(f.result(timeout=0).results.num_rows for f in futures) == 36
     assert report.batches_submitted == 12
     assert done_during_first_update and done_during_first_update[0] > 0
+
+
+@pytest.mark.parametrize(
+    ("eta_seconds", "says"),
+    [(6.4, "(in 6 s)"), (59.4, "(in 59 s)"), (1000, "(in 17 min)"), (18_250, "(in 5 h 04 min)")],
+)
+def test_the_status_line_gives_the_finish_in_units_a_reader_can_use(
+    eta_seconds: float, says: str
+) -> None:
+    progress = Progress(
+        batches_done=10,
+        batches_open=5,
+        batches_queued=20,
+        lines_done=500,
+        lines_total=1750,
+        rate_limited=2,
+        window=5,
+        eta_seconds=eta_seconds,
+    )
+
+    def finish() -> str:
+        return time.strftime("%H:%M", time.localtime(time.time() + eta_seconds))
+
+    before = finish()
+    line = progress.describe()
+    assert line.endswith(says), line
+    # (A minute may turn between the two readings of the clock.)
+    assert any(f"estimated finish {at}" in line for at in (before, finish())), line
+    assert "batches 10 done, 5 open, 20 queued (window 5); lines 500 of 1750 (29%); 429s 2" in line
